@@ -1,0 +1,3 @@
+from rainkit.cli import entry
+
+entry()

@@ -1,0 +1,47 @@
+"""rainkit's command line. Command modules import torch only inside their functions, so
+`rainkit --help` stays instant."""
+
+from __future__ import annotations
+
+import sys
+
+from rainkit.cli.app import app, console
+from rainkit.cli import derain, models, weights  # noqa: F401,E402  (register commands)
+
+try:  # the benchmark command lands separately; the CLI works without it
+    from rainkit.cli import benchmark  # noqa: F401
+except ImportError:  # pragma: no cover
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rainkit.errors import RainkitError
+
+    from rich.markup import escape
+
+    try:
+        code = app(args=argv, prog_name="rainkit", standalone_mode=False)
+    except RainkitError as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        return 1
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]")
+        return 130
+    except SystemExit as exc:
+        return int(exc.code or 0) if isinstance(exc.code, int) else 1
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.exceptions.Exit):
+            return exc.exit_code
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        if isinstance(exc, click.exceptions.Abort):
+            return 1
+        raise
+    return code if isinstance(code, int) else 0
+
+
+def entry() -> None:
+    sys.exit(main())

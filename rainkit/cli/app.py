@@ -1,0 +1,36 @@
+"""The Typer application object shared by every command module (imports nothing heavy)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from rainkit._version import __version__
+
+app = typer.Typer(
+    name="rainkit",
+    help="Weather in images: derain photos (SAPNet, PReNet), manage weights, benchmark models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out = Console()  # stdout, for machine-readable output
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"rainkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+    verbose: int = typer.Option(0, "-v", "--verbose", count=True, help="More log output (-vv for debug)."),
+) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,94 @@
+"""`rainkit derain`: remove rain from photos."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from rainkit.cli.app import app, console
+
+
+@app.command("derain")
+def derain_command(
+    inputs: List[str] = typer.Argument(..., help="Image files, folders or glob patterns."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output folder (default: beside a single input, as <name>_derained.png)."),
+    model: str = typer.Option("sapnet", "--model", "-m", help="Architecture: sapnet or prenet."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Registered weights name (see `rainkit weights list`) or a checkpoint path."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 (CUDA) or bf16."),
+    tile: Optional[int] = typer.Option(None, "--tile", help="Tile size in pixels; 0 = whole image; default: automatic from free memory."),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into sub-folders of folder inputs."),
+    fmt: str = typer.Option("png", "--format", "-f", help="Output format: png, jpg, webp or tif."),
+    quality: Optional[int] = typer.Option(None, "--quality", min=1, max=100, help="JPEG/WebP quality (default 95)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo outputs that already exist (default: skip them, so a batch resumes)."),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Write a JSON summary to this file ('-' for stdout)."),
+    no_sidecar: bool = typer.Option(False, "--no-sidecar", help="Do not write a <output>.json record beside each output."),
+) -> int:
+    """Remove rain from images with SAPNet or PReNet."""
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from rainkit.derain.batch import derain_paths
+    from rainkit.data.images import atomic_write_bytes
+
+    if output is not None and output.exists() and not output.is_dir():
+        raise typer.BadParameter(f"{output} exists and is not a folder", param_hint="--output")
+    if output is None and len(inputs) == 1 and Path(inputs[0]).is_dir():
+        raise typer.BadParameter("a folder input needs an output folder", param_hint="--output")
+
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[current]}"), TimeElapsedColumn(), console=console, transient=True)
+    task = None
+
+    def on_start(total: int) -> None:
+        nonlocal task
+        task = progress.add_task("derain", total=total, current="")
+
+    def on_progress(item, index, total) -> None:
+        progress.update(task, completed=index, current=Path(item.input).name)
+        if item.status == "failed":
+            progress.console.print(f"[red]failed[/red] {escape(item.error or '')}", highlight=False, soft_wrap=True)
+
+    with progress:
+        result = derain_paths(inputs, output, model=model, weights=weights, device=device, precision=precision,
+                              tile=tile, recursive=recursive, fmt=fmt, quality=quality, overwrite=overwrite,
+                              sidecar=not no_sidecar, on_start=on_start, on_progress=on_progress)
+    _render(result)
+    if json_out:
+        text = json.dumps(result.to_json(), indent=2) + "\n"
+        if json_out == "-":
+            print(text, end="")
+        else:
+            atomic_write_bytes(json_out, text.encode())
+    return 0 if result.ok else 1
+
+
+def _render(result) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="rainkit derain", show_lines=False)
+    table.add_column("input", overflow="fold")
+    table.add_column("output", overflow="fold")
+    table.add_column("status")
+    table.add_column("size", justify="right")
+    table.add_column("tile", justify="right")
+    table.add_column("seconds", justify="right")
+    colours = {"done": "green", "skipped": "yellow", "failed": "red"}
+    for item in result.items:
+        size = f"{item.width}x{item.height}" if item.width else ""
+        table.add_row(escape(item.input), escape(item.output or ""), f"[{colours[item.status]}]{item.status}[/]",
+                      size, (str(item.tile) if item.tile else "whole") if item.status == "done" else "",
+                      f"{item.seconds:.2f}" if item.status == "done" else "")
+    console.print(table)
+    settings = result.settings
+    console.print(
+        f"{result.count('done')} done, {result.count('skipped')} skipped (already there; --overwrite redoes them), "
+        f"{result.count('failed')} failed in {result.seconds:.1f} s — model {settings.get('model')}, "
+        f"weights {escape(str(settings.get('weights')))} (sha256 {str(settings.get('weights_sha256'))[:12]}), "
+        f"{settings.get('device')} {settings.get('precision')}", highlight=False)
+    for item in result.failed:
+        console.print(f"[red]failed:[/red] {escape(item.error or item.input)}", highlight=False, soft_wrap=True)

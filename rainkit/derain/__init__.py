@@ -1,0 +1,9 @@
+"""Deraining: the loaded-model engine, tiling, and batch processing of files."""
+
+from rainkit.derain.engine import Derainer, load_derainer
+
+__all__ = ["Derainer", "load_derainer"]
+
+from rainkit.derain.batch import BatchResult, ItemResult, derain_files, derain_paths, plan_jobs  # noqa: E402
+
+__all__ += ["BatchResult", "ItemResult", "derain_files", "derain_paths", "plan_jobs"]

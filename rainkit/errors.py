@@ -1,0 +1,29 @@
+"""Exceptions rainkit raises on purpose.
+
+Every message is meant to be shown to a user as one line, so each names the file or
+setting at fault and what is wrong with it.
+"""
+
+
+class RainkitError(Exception):
+    """Base class: an error the user can act on (shown without a traceback by the CLI)."""
+
+
+class InputError(RainkitError):
+    """An input image or folder cannot be used."""
+
+
+class WeightsError(RainkitError):
+    """Weights are missing, do not verify, or do not fit the architecture."""
+
+
+class UnsafeCheckpointError(WeightsError):
+    """A checkpoint carries pickled objects beyond plain tensors and was refused unread."""
+
+
+class DeviceError(RainkitError):
+    """A requested device or precision is not available."""
+
+
+class DatasetError(RainkitError):
+    """A dataset cannot be found, or is incomplete."""

@@ -1,0 +1,35 @@
+"""Built-in weights entries. Official checkpoints are registered with their upstream raw URLs."""
+
+from rainkit.hub.weights import WeightsEntry, register_weights
+
+register_weights(WeightsEntry(
+    name="sapnet.official",
+    filename="sapnet-official.pth",
+    sha256="807bb16685280a493236f3e5fa804274198044ad838b5cc060bf66af03a259cb",
+    url="https://github.com/ShenZheng2000/SAPNet-for-image-deraining/raw/"
+        "47215120e902b02fecd50f7e13309a8e34904bd1/logs/SAPNet/Model11/net_latest.pth",
+    license="MIT",
+    provenance="official SAPNet release (Zheng et al., WACV 2022), logs/SAPNet/Model11/net_latest.pth, "
+               "trained by the authors on Rain100L-style data",
+    mirror_paths=("sapnet-official/net_latest.pth",),
+))
+
+register_weights(WeightsEntry(
+    name="prenet.rain100l",
+    filename="prenet-rain100l.pth",
+    sha256="cb9b743bb33cf6e5c56ba45f8ade93add46266dea9fa582e1934dc5eed942333",
+    url="https://github.com/csdwren/PReNet/raw/6d908d1e3c7ff5c26fee624112297ad1c8603ca7/logs/Rain100L/PReNet6/net_latest.pth",
+    license="no licence file upstream: comparison use only",
+    provenance="official PReNet6 (Ren et al., CVPR 2019) trained on RainTrainL",
+    mirror_paths=("prenet-official/rain100l/net_latest.pth",),
+))
+
+register_weights(WeightsEntry(
+    name="prenet.rain100h",
+    filename="prenet-rain100h.pth",
+    sha256="127c0098787c5272f1f8583f6c5202e7ef674f750cd145a1691912a6d9e96210",
+    url="https://github.com/csdwren/PReNet/raw/6d908d1e3c7ff5c26fee624112297ad1c8603ca7/logs/Rain100H/PReNet6/net_latest.pth",
+    license="no licence file upstream: comparison use only",
+    provenance="official PReNet6 (Ren et al., CVPR 2019) trained on RainTrainH",
+    mirror_paths=("prenet-official/rain100h/net_latest.pth",),
+))
