@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from rainkit.cli.app import app, console
-from rainkit.cli import derain, models, weights  # noqa: F401,E402  (register commands)
+from rainkit.cli import derain, generate, models, weights  # noqa: F401,E402  (register commands)
 
 try:  # the benchmark command lands separately; the CLI works without it
     from rainkit.cli import benchmark  # noqa: F401

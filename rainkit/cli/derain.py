@@ -41,13 +41,23 @@ def derain_command(
 
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[current]}"), TimeElapsedColumn(), console=console, transient=True)
-    task = None
+    task = tiles = None
 
     def on_start(total: int) -> None:
         nonlocal task
         task = progress.add_task("derain", total=total, current="")
 
+    def on_tile(done: int, total: int) -> None:
+        nonlocal tiles
+        if tiles is None:
+            tiles = progress.add_task("  tiles", total=total, current="")
+        progress.update(tiles, completed=done, total=total)
+
     def on_progress(item, index, total) -> None:
+        nonlocal tiles
+        if tiles is not None:
+            progress.remove_task(tiles)
+            tiles = None
         progress.update(task, completed=index, current=Path(item.input).name)
         if item.status == "failed":
             progress.console.print(f"[red]failed[/red] {escape(item.error or '')}", highlight=False, soft_wrap=True)
@@ -55,7 +65,7 @@ def derain_command(
     with progress:
         result = derain_paths(inputs, output, model=model, weights=weights, device=device, precision=precision,
                               tile=tile, recursive=recursive, fmt=fmt, quality=quality, overwrite=overwrite,
-                              sidecar=not no_sidecar, on_start=on_start, on_progress=on_progress)
+                              sidecar=not no_sidecar, on_start=on_start, on_progress=on_progress, on_tile=on_tile)
     _render(result)
     if json_out:
         text = json.dumps(result.to_json(), indent=2) + "\n"
