@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from rainkit.cli.app import app, console
-from rainkit.cli import derain, generate, models, weights  # noqa: F401,E402  (register commands)
+from rainkit.cli import derain, generate, models, train, weights  # noqa: F401,E402  (register commands)
 
 try:  # the benchmark command lands separately; the CLI works without it
     from rainkit.cli import benchmark  # noqa: F401
@@ -30,17 +30,26 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0) if isinstance(exc.code, int) else 1
     except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.exceptions.Exit):
+        kind = _click_kind(exc)
+        if kind == "Exit":
             return exc.exit_code
-        if isinstance(exc, click.ClickException):
+        if kind == "ClickException":
             exc.show()
             return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
+        if kind == "Abort":
             return 1
         raise
     return code if isinstance(code, int) else 0
+
+
+def _click_kind(exc: BaseException) -> str | None:
+    """Which click exception family `exc` belongs to. Recent Typer releases vendor click as
+    `typer._click`, so the classes are matched by name along the MRO rather than by identity."""
+    names = {cls.__name__ for cls in type(exc).__mro__ if cls.__module__.split(".")[0] in ("click", "typer")}
+    for kind in ("Exit", "ClickException", "Abort"):
+        if kind in names:
+            return kind
+    return None
 
 
 def entry() -> None:

@@ -13,7 +13,7 @@ from rainkit.cli.app import app, console
 
 @app.command("derain")
 def derain_command(
-    inputs: List[str] = typer.Argument(..., help="Image files, folders or glob patterns."),
+    inputs: Optional[List[str]] = typer.Argument(None, help="Image files, folders or glob patterns."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output folder (default: beside a single input, as <name>_derained.png)."),
     model: str = typer.Option("sapnet", "--model", "-m", help="Architecture: sapnet or prenet."),
     weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Registered weights name (see `rainkit weights list`) or a checkpoint path."),
@@ -26,14 +26,22 @@ def derain_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo outputs that already exist (default: skip them, so a batch resumes)."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Write a JSON summary to this file ('-' for stdout)."),
     no_sidecar: bool = typer.Option(False, "--no-sidecar", help="Do not write a <output>.json record beside each output."),
+    sample: bool = typer.Option(False, "--sample", help="Derain the rainy sample image shipped with rainkit (output: -o or the current folder)."),
 ) -> int:
     """Remove rain from images with SAPNet or PReNet."""
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from rainkit.derain.batch import derain_paths
-    from rainkit.data.images import atomic_write_bytes
+    from rainkit.data.images import SAMPLE_RAINY_IMAGE, atomic_write_bytes
 
+    inputs = list(inputs or [])
+    if sample:
+        inputs.append(str(SAMPLE_RAINY_IMAGE))
+        output = output or Path.cwd()
+    if not inputs:
+        raise typer.BadParameter("give image files, folders or globs (or --sample to try the shipped sample)",
+                                 param_hint="INPUTS")
     if output is not None and output.exists() and not output.is_dir():
         raise typer.BadParameter(f"{output} exists and is not a folder", param_hint="--output")
     if output is None and len(inputs) == 1 and Path(inputs[0]).is_dir():

@@ -18,6 +18,9 @@ import numpy as np
 
 from rainkit.errors import InputError
 
+# A public-domain photo with physics rain, shipped so that `rainkit derain --sample` needs no user file.
+SAMPLE_RAINY_IMAGE = Path(__file__).resolve().parent.parent / "assets" / "sample" / "rainy-grace-hopper.jpg"
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 OUTPUT_FORMATS = ("png", "jpg", "webp", "tif")
 
@@ -173,12 +176,20 @@ def encode_image(image: Image, fmt: str, quality: int | None = None) -> bytes:
     return buffer.tobytes()
 
 
+def default_file_mode() -> int:
+    """The mode a plainly created file gets (0o666 less the umask); mkstemp's 0o600 would hide outputs."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same folder and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, default_file_mode())
         with os.fdopen(handle, "wb") as out:
             out.write(data)
             out.flush()

@@ -192,6 +192,9 @@ def fetch_weights(name: str, *, force: bool = False, timeout: float = 60.0) -> P
     handle, tmp_name = tempfile.mkstemp(prefix=f".{entry.filename}.", suffix=".part", dir=target.parent)
     tmp = Path(tmp_name)
     try:
+        from rainkit.data.images import default_file_mode
+
+        os.chmod(tmp, default_file_mode())
         with os.fdopen(handle, "wb") as out:
             request = urllib.request.Request(entry.url, headers={"User-Agent": "rainkit"})
             with urllib.request.urlopen(request, timeout=timeout) as response:

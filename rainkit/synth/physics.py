@@ -109,9 +109,11 @@ def rain_layer(shape: tuple[int, int], params: RainParams, rng: np.random.Genera
     return np.clip(streaks / max(peak, 1e-6), 0.0, 1.0) * params.brightness * (0.5 + 0.5 * depth)
 
 
-def add_rain(rgb: np.ndarray, params: RainParams, rng: np.random.Generator) -> np.ndarray:
+def add_rain(rgb: np.ndarray, params: RainParams, rng: np.random.Generator, scale: float | None = None) -> np.ndarray:
+    """`scale` sizes the streaks (default: the image's short side over 480); pass the full photo's
+    scale when raining on a crop of it."""
     height, width = rgb.shape[:2]
-    scale = min(height, width) / REFERENCE_SIDE
+    scale = min(height, width) / REFERENCE_SIDE if scale is None else scale
     directions = [params.angle + rng.uniform(-params.angle_spread, params.angle_spread) for _ in range(max(1, params.directions))]
     total = np.zeros((height, width), np.float32)
     for layer in range(params.layers):
@@ -186,12 +188,12 @@ def add_night(rgb: np.ndarray, intensity: float, rng: np.random.Generator) -> np
 
 
 def synthesize(rgb: np.ndarray, domain: str = "rain", *, preset: str = "light", intensity: float | None = None,
-               seed: int = 0) -> np.ndarray:
+               seed: int = 0, scale: float | None = None) -> np.ndarray:
     """Add weather to an H x W x 3 float32 RGB image in [0, 1]; the same seed gives the same output."""
     rng = np.random.default_rng(seed)
     rgb = np.ascontiguousarray(rgb, dtype=np.float32)
     if domain == "rain":
-        return add_rain(rgb, rain_params(preset, intensity), rng)
+        return add_rain(rgb, rain_params(preset, intensity), rng, scale=scale)
     level = 0.6 if intensity is None else float(intensity)
     if not 0.0 <= level <= 1.0:
         raise ValueError(f"intensity must be within 0..1, got {level}")

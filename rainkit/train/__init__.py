@@ -1,0 +1,1 @@
+"""Training: configuration, data, and the SAPNet trainer (single process or torchrun DDP)."""

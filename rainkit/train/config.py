@@ -1,0 +1,145 @@
+"""Training configuration: dataclass defaults (the SAPNet paper's), a JSON/TOML file, and
+`--set key=value` overrides parsed by the type of the field they replace (never evaluated)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rainkit.errors import RainkitError
+
+
+@dataclass
+class LossWeights:
+    ssim: float = 1.0  # negative SSIM
+    contrastive: float = 0.1  # VGG-16 perceptual contrastive loss
+    lpips: float = 0.1
+    segmentation: float = 0.1  # background segmentation focal loss
+
+
+@dataclass
+class ModelConfig:
+    width: int = 32
+    stages: int = 6
+    dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    reduction: int = 16
+
+
+@dataclass
+class TrainConfig:
+    data: list[str] = field(default_factory=list)  # paired folders, or folders of clean images with `synthesize`
+    synthesize: str | None = None  # rain preset to make pairs on the fly from clean images
+    val: str | None = None  # paired validation folder; default: a split of `data`
+    val_fraction: float = 0.05
+    val_max_side: int = 320  # centre-crop validation images to this size to keep epochs short on CPUs
+    patch: int = 100
+    patches_per_image: int = 16  # samples an image contributes to one epoch
+    batch: int = 12  # global batch, split over DDP ranks
+    epochs: int = 100
+    lr: float = 1e-3
+    milestones: list[int] = field(default_factory=lambda: [30, 50, 80])
+    gamma: float = 0.2
+    seed: int = 0
+    max_steps: int = 0  # stop (with a checkpoint) after this many optimiser steps in total; 0 = no limit
+    log_every: int = 10
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast and channels-last on CUDA
+    cpu_bf16: bool = False  # the same on the CPU (about 2x faster with AMX/AVX-512-BF16; weights stay fp32)
+    intensity: list[float] = field(default_factory=lambda: [0.5, 0.5])  # synthesised rain: intensity range
+    jitter: float = 0.0  # synthesised rain: 0..1 spread of streak angle, length and width
+    out: str = "runs/sapnet"
+    vgg_weights: str | None = None
+    lpips_weights: str | None = None
+    segmenter_weights: str | None = None  # torchvision deeplabv3_mobilenet_v3_large state dict
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossWeights = field(default_factory=LossWeights)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(text: str, current: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if text.lower() in ("none", "null") and type(None) in typing.get_args(hint):
+        return None
+    if origin is list or isinstance(current, list):
+        inner = args[0] if args else int
+        return [_coerce(part.strip(), None, inner, key) for part in text.strip("[]").split(",") if part.strip()]
+    target = args[0] if args and origin is not None else hint
+    try:
+        if target is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if target is int:
+            return int(text)
+        if target is float:
+            return float(text)
+        return str(text)
+    except ValueError:
+        raise RainkitError(f"--set {key}={text}: expected {getattr(target, '__name__', target)}") from None
+
+
+def apply_override(config: TrainConfig, assignment: str) -> None:
+    """Apply `a.b=value` to the config, converting `value` to the field's type."""
+    if "=" not in assignment:
+        raise RainkitError(f"--set {assignment}: expected key=value")
+    key, text = assignment.split("=", 1)
+    key = key.strip()
+    target: Any = config
+    parts = key.split(".")
+    for part in parts[:-1]:
+        if not dataclasses.is_dataclass(target) or not hasattr(target, part):
+            raise RainkitError(f"--set {key}: unknown setting '{part}'")
+        target = getattr(target, part)
+    name = parts[-1]
+    fields = {f.name: f for f in dataclasses.fields(target)} if dataclasses.is_dataclass(target) else {}
+    if name not in fields or dataclasses.is_dataclass(getattr(target, name)):
+        from rainkit.hub.registry import suggest
+
+        raise RainkitError(f"--set {key}: unknown setting{suggest(name, fields)}")
+    hints = typing.get_type_hints(type(target))
+    setattr(target, name, _coerce(text.strip(), getattr(target, name), hints[name], key))
+
+
+def _apply_mapping(target: Any, values: dict[str, Any], prefix: str = "") -> None:
+    for key, value in values.items():
+        if isinstance(value, dict):
+            _apply_mapping(target, value, f"{prefix}{key}.")
+        else:
+            text = ",".join(str(v) for v in value) if isinstance(value, list) else str(value)
+            apply_override(target, f"{prefix}{key}={text}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, **direct: Any) -> TrainConfig:
+    """Defaults, then the file (JSON, or TOML on Python 3.11+), then keyword values, then `--set` overrides."""
+    config = TrainConfig()
+    if path:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise RainkitError(f"{path}: cannot read config ({exc.strerror or exc})") from None
+        if path.suffix == ".toml":
+            import tomllib
+
+            values = tomllib.loads(text)
+        else:
+            try:
+                values = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise RainkitError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        _apply_mapping(config, values)
+    for key, value in direct.items():
+        if value is not None:
+            setattr(config, key, value)
+    for assignment in overrides or []:
+        apply_override(config, assignment)
+    return config

@@ -1,0 +1,210 @@
+"""Training data for derain networks: paired images or clean images rained on the fly.
+
+Images are decoded once into memory. Every random choice for a sample (which crop, which flip,
+which rain) is drawn from a generator seeded by (run seed, epoch, sample index), so a run resumed
+at any step sees exactly the batches it would have seen, on any number of ranks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rainkit.data.images import IMAGE_SUFFIXES, read_image
+from rainkit.errors import DatasetError
+from rainkit.synth.physics import REFERENCE_SIDE, RainParams, add_rain, rain_params
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, index])
+
+
+def epoch_order(seed: int, epoch: int, size: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch, 2**31 - 1]).permutation(size)
+
+
+@dataclass
+class PatchSource:
+    clean: np.ndarray  # H x W x 3 uint8
+    rainy: np.ndarray | None  # None: synthesise
+    name: str
+
+
+class PatchDataset:
+    """`len(dataset)` samples per epoch: `patches_per_image` random patches of every image."""
+
+    def __init__(self, sources: list[PatchSource], *, patch: int, patches_per_image: int, seed: int,
+                 synthesize_preset: str | None = None, intensity: tuple[float, float] = (0.5, 0.5),
+                 jitter: float = 0.0):
+        if not sources:
+            raise DatasetError("no training images")
+        small = [s.name for s in sources if min(s.clean.shape[:2]) < patch]
+        if small:
+            raise DatasetError(f"{len(small)} training image(s) smaller than the {patch}px patch, e.g. {small[0]}")
+        if synthesize_preset is None and any(s.rainy is None for s in sources):
+            raise DatasetError("clean-only images need a rain preset to synthesise pairs (--synthesize)")
+        self.sources = sources
+        self.patch = patch
+        self.per_image = patches_per_image
+        self.seed = seed
+        self.preset = synthesize_preset
+        if synthesize_preset is not None:
+            rain_params(synthesize_preset)  # an unknown preset fails here, not mid-epoch
+        if not 0.0 <= intensity[0] <= intensity[1] <= 1.0:
+            raise DatasetError(f"rain intensity range must lie within 0..1 and be ordered, got {intensity}")
+        self.intensity = intensity
+        self.jitter = jitter
+
+    def rain_for(self, rng: np.random.Generator) -> RainParams:
+        """The sample's rain: the preset at an intensity drawn from the range; with `jitter` > 0 the
+        streak angle, length and width vary too, so one run covers the spread of real light rain."""
+        params = rain_params(self.preset, float(rng.uniform(*self.intensity)))
+        if self.jitter <= 0:
+            return params
+        j = self.jitter
+        return replace(params, angle=params.angle + float(rng.uniform(-20, 20)) * j,
+                       length=params.length * float(np.exp(rng.uniform(-0.4, 0.8) * j)),
+                       width=params.width * float(np.exp(rng.uniform(-0.2, 0.5) * j)))
+
+    def __len__(self) -> int:
+        return len(self.sources) * self.per_image
+
+    def sample(self, index: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rainy, clean) float32 patches, H x W x 3 in [0, 1]."""
+        rng = sample_rng(self.seed, epoch, index)
+        source = self.sources[index % len(self.sources)]
+        height, width = source.clean.shape[:2]
+        p = self.patch
+        if source.rainy is None:
+            # Rain a margin around the patch so streaks enter it from outside, at the full photo's scale.
+            margin = p // 2
+            y0 = int(rng.integers(0, height - p + 1))
+            x0 = int(rng.integers(0, width - p + 1))
+            wy0, wx0 = max(0, y0 - margin), max(0, x0 - margin)
+            wy1, wx1 = min(height, y0 + p + margin), min(width, x0 + p + margin)
+            window = source.clean[wy0:wy1, wx0:wx1].astype(np.float32) / 255.0
+            rained = add_rain(window, self.rain_for(rng), rng, scale=max(min(height, width) / REFERENCE_SIDE, 0.25))
+            clean = window[y0 - wy0:y0 - wy0 + p, x0 - wx0:x0 - wx0 + p]
+            rainy = rained[y0 - wy0:y0 - wy0 + p, x0 - wx0:x0 - wx0 + p]
+        else:
+            y0 = int(rng.integers(0, height - p + 1))
+            x0 = int(rng.integers(0, width - p + 1))
+            clean = source.clean[y0:y0 + p, x0:x0 + p].astype(np.float32) / 255.0
+            rainy = source.rainy[y0:y0 + p, x0:x0 + p].astype(np.float32) / 255.0
+        if rng.random() < 0.5:
+            clean, rainy = clean[:, ::-1], rainy[:, ::-1]
+        return np.ascontiguousarray(rainy), np.ascontiguousarray(clean)
+
+    def batch(self, indices, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = [self.sample(int(i), epoch) for i in indices]
+        rainy = torch.from_numpy(np.stack([p[0] for p in pairs]).transpose(0, 3, 1, 2).copy())
+        clean = torch.from_numpy(np.stack([p[1] for p in pairs]).transpose(0, 3, 1, 2).copy())
+        return rainy, clean
+
+
+def _to_u8(path: Path) -> np.ndarray:
+    from rainkit.data.images import to_uint8
+
+    return to_uint8(read_image(path).rgb)
+
+
+def load_sources(pairs: list[tuple[Path | None, Path]]) -> list[PatchSource]:
+    """Decode (rainy or None, clean) path pairs; a pair whose sizes differ is refused by name."""
+    sources = []
+    for rainy_path, clean_path in pairs:
+        clean = _to_u8(clean_path)
+        rainy = _to_u8(rainy_path) if rainy_path is not None else None
+        if rainy is not None and rainy.shape != clean.shape:
+            raise DatasetError(f"{rainy_path}: size {rainy.shape[1]}x{rainy.shape[0]} differs from its clean image "
+                               f"{clean_path} ({clean.shape[1]}x{clean.shape[0]})")
+        sources.append(PatchSource(clean, rainy, clean_path.name))
+    return sources
+
+
+def _split_is_val(name: str, seed: int, fraction: float) -> bool:
+    """A stable, order-free validation split: an image's membership depends on its name only."""
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") / 2**64 < fraction
+
+
+def _centre_crop(image: np.ndarray, side: int) -> np.ndarray:
+    height, width = image.shape[:2]
+    h, w = min(height, side), min(width, side)
+    y0, x0 = (height - h) // 2, (width - w) // 2
+    return image[y0:y0 + h, x0:x0 + w]
+
+
+def _training_pairs(folder: Path, synthesize_preset: str | None) -> list[tuple[Path | None, Path]]:
+    from rainkit.data.datasets import detect_layout, pair_files
+
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: training data folder not found")
+    if synthesize_preset is not None:
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DatasetError(f"{folder}: no images found (looked for {', '.join(IMAGE_SUFFIXES)}, recursively)")
+        return [(None, p) for p in files]
+    layout = detect_layout(folder)
+    pairs, _ = pair_files(layout.rainy, layout.clean, layout.rainy_dir, layout.clean_dir, None, str(folder))
+    return [(p.rainy, p.clean) for p in pairs]
+
+
+@dataclass
+class TrainingData:
+    train: PatchDataset
+    val_pairs: list[tuple[np.ndarray, np.ndarray]]  # (rainy, clean) uint8
+    description: dict
+
+
+def prepare_training_data(config) -> TrainingData:
+    """The training patches and the validation pairs of a `TrainConfig`.
+
+    Paired folders are used as they are; with `config.synthesize` every image under the folders is
+    a clean image rained on the fly. Validation is `config.val` (a paired folder) or a split of the
+    training images chosen by name hash, rained once with a fixed seed and centre-cropped to
+    `val_max_side` so that scoring an epoch stays cheap on CPUs.
+    """
+    folders = [Path(p).expanduser() for p in (config.data if isinstance(config.data, list) else [config.data]) if p]
+    if not folders:
+        raise DatasetError("no training data: give --data FOLDER (paired, or clean images with --synthesize PRESET)")
+    listed: list[tuple[Path | None, Path]] = []
+    for folder in folders:
+        listed += _training_pairs(folder, config.synthesize)
+    if config.val:
+        from rainkit.data.datasets import resolve_dataset
+
+        val_set = resolve_dataset(config.val)
+        val_listed = [(p.rainy, p.clean) for p in val_set.pairs]
+        train_listed = listed
+    else:
+        val_listed = [pair for pair in listed if _split_is_val(str(pair[1]), config.seed, config.val_fraction)]
+        train_listed = [pair for pair in listed if pair not in val_listed]
+        if not train_listed:
+            raise DatasetError("the validation split left no training images: lower val_fraction or give --val")
+    train_sources = load_sources(train_listed)
+    small = [s for s in train_sources if min(s.clean.shape[:2]) < config.patch]
+    train_sources = [s for s in train_sources if min(s.clean.shape[:2]) >= config.patch]
+    dataset = PatchDataset(train_sources, patch=config.patch, patches_per_image=config.patches_per_image,
+                           seed=config.seed, synthesize_preset=config.synthesize,
+                           intensity=tuple(config.intensity), jitter=config.jitter)
+    val_pairs = []
+    for source in load_sources(val_listed):
+        clean = _centre_crop(source.clean, config.val_max_side)
+        if source.rainy is not None:
+            rainy = _centre_crop(source.rainy, config.val_max_side)
+        else:
+            rng = np.random.default_rng(int.from_bytes(hashlib.sha256(f"val:{config.seed}:{source.name}".encode())
+                                                       .digest()[:8], "little"))
+            scale = max(min(source.clean.shape[:2]) / REFERENCE_SIDE, 0.25)
+            rainy_float = add_rain(clean.astype(np.float32) / 255.0, dataset.rain_for(rng), rng, scale=scale)
+            rainy = np.clip(np.round(rainy_float * 255.0), 0, 255).astype(np.uint8)
+        val_pairs.append((np.ascontiguousarray(rainy), np.ascontiguousarray(clean)))
+    description = {"folders": [str(f) for f in folders], "train_images": len(train_sources),
+                   "skipped_small": len(small), "val_images": len(val_pairs),
+                   "validation": config.val or f"{config.val_fraction:.0%} split of the training images by name",
+                   "synthesize": config.synthesize, "intensity": list(config.intensity), "jitter": config.jitter}
+    return TrainingData(dataset, val_pairs, description)

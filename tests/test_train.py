@@ -1,0 +1,183 @@
+"""SAPNet training: config overrides, exact resume, two-process DDP, outputs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from rainkit.errors import RainkitError
+from rainkit.train.config import apply_override, load_config
+from rainkit.train.data import PatchDataset, PatchSource
+from rainkit.train.sapnet import train_sapnet
+from tests.conftest import REPO, rainy_like
+
+TINY = ["model.width=8", "model.stages=2", "model.dilations=1,2", "model.reduction=4", "loss.contrastive=0",
+        "loss.lpips=0", "loss.segmentation=0", "patch=24", "batch=4", "patches_per_image=4", "device=cpu"]
+
+
+def _sources(n=3):
+    out = []
+    for i in range(n):
+        clean = (rainy_like(40, 48, seed=i) * 255).astype(np.uint8)
+        out.append(PatchSource(clean, None, f"img{i}.png"))
+    return out
+
+
+def _config(tmp_path, *extra):
+    return load_config(overrides=TINY + [f"out={tmp_path}", *extra])
+
+
+def _dataset(config):
+    return PatchDataset(_sources(), patch=config.patch, patches_per_image=config.patches_per_image,
+                        seed=config.seed, synthesize_preset="light")
+
+
+def _digest(model) -> str:
+    h = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_overrides_are_typed_and_checked():
+    config = load_config(overrides=["epochs=3", "milestones=1,2", "loss.ssim=0.5", "amp=false", "val=none"])
+    assert config.epochs == 3 and config.milestones == [1, 2] and config.loss.ssim == 0.5 and config.amp is False
+    assert config.val is None
+    with pytest.raises(RainkitError, match="expected int"):
+        apply_override(config, "epochs=many")
+    with pytest.raises(RainkitError, match="did you mean epochs"):
+        apply_override(config, "epoch=3")
+
+
+def test_config_file_then_overrides(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"epochs": 7, "loss": {"lpips": 0}, "milestones": [2, 4]}))
+    config = load_config(path, ["epochs=9"])
+    assert config.epochs == 9 and config.loss.lpips == 0 and config.milestones == [2, 4]
+
+
+def test_resume_is_exact(tmp_path):
+    straight = _config(tmp_path / "a", "max_steps=6", "epochs=2")
+    result = train_sapnet(straight, _dataset(straight), [])
+    assert result.global_step == 6
+    half = _config(tmp_path / "b", "max_steps=3", "epochs=2")
+    train_sapnet(half, _dataset(half), [])
+    rest = _config(tmp_path / "b", "max_steps=6", "epochs=2")
+    resumed = train_sapnet(rest, _dataset(rest), [], resume=True)
+    assert resumed.global_step == 6
+    assert _digest(resumed.model) == _digest(result.model), "resume must reproduce the straight run bit for bit"
+
+
+def test_epochs_write_checkpoint_best_weights_card_and_curves(tmp_path):
+    config = _config(tmp_path, "epochs=2")
+    val = [((rainy_like(32, 40, 9) * 255).astype(np.uint8), (rainy_like(32, 40, 9) * 230).astype(np.uint8))]
+    result = train_sapnet(config, _dataset(config), val)
+    assert [h["epoch"] for h in result.history] == [1, 2] and "psnr_y" in result.history[0]
+    for name in ("last.pt", "best.safetensors", "best.json", "curves.png", "train.log"):
+        assert (tmp_path / name).is_file(), name
+    card = json.loads((tmp_path / "best.json").read_text())
+    assert card["arch"] == "sapnet" and card["scores"]["psnr_y"] > 0 and len(card["sha256"]) == 64
+    from rainkit.derain import load_derainer
+
+    derainer = load_derainer("sapnet", str(tmp_path / "best.safetensors"), device="cpu")
+    assert derainer.derain(rainy_like(20, 20)).shape == (20, 20, 3)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+DDP_SCRIPT = """
+import hashlib, sys
+import cv2
+import numpy as np
+from rainkit.train.config import load_config
+from rainkit.train.data import PatchDataset, PatchSource
+from rainkit.train.sapnet import train_sapnet
+from tests.test_train import TINY, _sources, _digest
+config = load_config(overrides=TINY + ["out=" + sys.argv[1], "max_steps=3", "epochs=1"])
+data = PatchDataset(_sources(), patch=config.patch, patches_per_image=config.patches_per_image, seed=config.seed,
+                    synthesize_preset="light")
+result = train_sapnet(config, data, [])
+print("DIGEST", _digest(result.model))
+"""
+
+
+def test_two_process_ddp_ranks_stay_in_sync(tmp_path):
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+        procs.append(subprocess.Popen([sys.executable, "-c", DDP_SCRIPT, str(tmp_path)], env=env, cwd=REPO,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=120) for p in procs]
+    for proc, (out, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err[-2000:]
+    digests = [next(line.split()[1] for line in out.splitlines() if line.startswith("DIGEST")) for out, _ in outputs]
+    assert digests[0] == digests[1]
+    assert (tmp_path / "last.pt").is_file()
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert state["global_step"] == 3
+
+
+def test_prepare_training_data_splits_by_name_and_rains_validation_once(tmp_path):
+    from rainkit.train.data import prepare_training_data
+
+    folder = tmp_path / "clean"
+    folder.mkdir()
+    for i in range(12):
+        cv2.imwrite(str(folder / f"img{i:02d}.png"), (rainy_like(48, 56, seed=i) * 255).astype(np.uint8))
+    config = load_config(overrides=TINY + [f"data={folder}", "synthesize=light", "val_fraction=0.3",
+                                           "intensity=0.2,0.8", "jitter=1"])
+    first, second = prepare_training_data(config), prepare_training_data(config)
+    assert first.description["train_images"] + first.description["val_images"] == 12
+    assert 0 < first.description["val_images"] < 12
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(first.val_pairs, second.val_pairs))
+    rainy, clean = first.val_pairs[0]
+    assert rainy.shape == clean.shape and rainy.mean() > clean.mean(), "validation images carry (bright) rain"
+    a, b = first.train.sample(3, epoch=0), second.train.sample(3, epoch=0)
+    assert np.array_equal(a[0], b[0]), "a sample is a function of (seed, epoch, index)"
+    assert not np.array_equal(first.train.sample(3, epoch=1)[0], a[0])
+
+
+def test_rain_jitter_varies_streaks_within_the_intensity_range():
+    data = PatchDataset(_sources(), patch=24, patches_per_image=2, seed=0, synthesize_preset="light",
+                        intensity=(0.1, 0.9), jitter=1.0)
+    params = [data.rain_for(np.random.default_rng(i)) for i in range(20)]
+    assert len({round(p.angle, 3) for p in params}) > 10 and len({round(p.length, 3) for p in params}) > 10
+    with pytest.raises(Exception, match="within 0..1"):
+        PatchDataset(_sources(), patch=24, patches_per_image=2, seed=0, synthesize_preset="light", intensity=(0.8, 0.2))
+
+
+def test_train_command_end_to_end(tmp_path, monkeypatch):
+    from rainkit.cli import main
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no VGG-16 in torchvision's cache
+
+    folder = tmp_path / "clean"
+    folder.mkdir()
+    for i in range(6):
+        cv2.imwrite(str(folder / f"img{i}.png"), (rainy_like(48, 56, seed=i) * 255).astype(np.uint8))
+    out = tmp_path / "run"
+    args = ["train", "sapnet", "--data", str(folder), "--synthesize", "light", "--out", str(out), "--epochs", "1",
+            "--device", "cpu", "--set", "val_fraction=0.4"] + [a for item in TINY for a in ("--set", item)]
+    assert main(args) == 0
+    card = json.loads((out / "best.json").read_text())
+    assert card["data"]["synthesize"] == "light" and card["arch_kwargs"]["width"] == 8
+    missing = ["train", "sapnet", "--data", str(folder), "--synthesize", "light", "--out", str(tmp_path / "r2"),
+               "--device", "cpu", "--set", "model.width=8", "--set", "model.stages=2"]
+    assert main(missing) == 1, "the VGG terms are on by default and their weights are absent: a clear stop"
