@@ -23,11 +23,11 @@ from typing import Callable, Iterable
 from rainkit.data.images import IMAGE_SUFFIXES
 from rainkit.errors import DatasetError
 
-PRENET_LAYOUT = "rainy/rain-NNN.png + norain/norain-NNN.png"
+PRENET_LAYOUT = "rainy/rain-NNN.png with norain-NNN.png beside rainy/ (PReNet) or in norain/"
 
 # Rainy/clean sub-folder names of the common releases, tried in this order (case-insensitive).
 PAIRED_FOLDERS: tuple[tuple[str, str], ...] = (
-    ("rainy", "norain"),  # PReNet's test folders
+    ("rainy", "norain"),
     ("rain", "norain"),
     ("input", "target"),  # MPRNet, Restormer
     ("input", "gt"),
@@ -36,12 +36,19 @@ PAIRED_FOLDERS: tuple[tuple[str, str], ...] = (
     ("rainy", "gt"),
     ("rainy", "clean"),
     ("rain", "clean"),
+    ("rainy", "groundtruth"),  # PReNet's test12 (Rain12)
+    ("rain", "groundtruth"),
     ("data", "gt"),
     ("lq", "gt"),
 )
 
+# PReNet's own test folders keep the clean images beside the rainy/ sub-folder:
+# Rain100H/rainy/rain-001.png with Rain100H/norain-001.png.
+RAINY_SUBFOLDERS = ("rainy", "rain", "input")
+
 ACCEPTED_LAYOUTS = (
-    "rainy/ + norain/ (PReNet: rain-NNN.png, norain-NNN.png), input/ + target/, rain/ + norain/, "
+    "rainy/rain-NNN.png with norain-NNN.png beside rainy/ (PReNet), rainy/ + norain/, input/ + target/, "
+    "rain/ + norain/, "
     "rainy_image/ + ground_truth/ (Rain1400: N_K.jpg, N.jpg), or flat GT-RAIN files "
     "(SCENE-R-NNN.png with one SCENE-C-000.png per scene)"
 )
@@ -81,7 +88,7 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec("rain100h", "Rain100H (Yang et al., CVPR 2017)",
                     ("rain100h", "rain100h_test", "rain_data_test_heavy"), 100, 100, PRENET_LAYOUT,
                     numbers=range(1, 101), sizes=_RAIN100_RELEASE + _RAIN100_CROP),
-        DatasetSpec("rain12", "Rain12 (Li et al., CVPR 2016)", ("rain12",), 12, 12, PRENET_LAYOUT,
+        DatasetSpec("rain12", "Rain12 (Li et al., CVPR 2016)", ("rain12", "test12"), 12, 12, PRENET_LAYOUT,
                     numbers=range(1, 13)),
         DatasetSpec("rain1400", "Rain1400, the Rain12600 test split (Fu et al., CVPR 2017)",
                     ("rain1400", "rain12600", "rain12600_test", "rain1400_test"), 1400, 100,
@@ -410,6 +417,14 @@ def detect_layout(folder: Path, depth: int = 2) -> Layout:
             rainy_dir, clean_dir = _image_dir(subfolders[rainy_name]), _image_dir(subfolders[clean_name])
             return Layout(list_images(rainy_dir), list_images(clean_dir), rainy_dir, clean_dir,
                           f"{rainy_dir.relative_to(folder)}/ + {clean_dir.relative_to(folder)}/")
+    clean_here = list_images(folder)
+    for rainy_name in RAINY_SUBFOLDERS:
+        if rainy_name in subfolders and clean_here:
+            rainy_dir = _image_dir(subfolders[rainy_name])
+            rainy = list_images(rainy_dir)
+            if rainy:
+                return Layout(rainy, clean_here, rainy_dir, folder,
+                              f"{rainy_dir.relative_to(folder)}/ + clean images beside it (PReNet)")
     flat = _flat_layout(folder)
     if flat is not None:
         return flat
@@ -499,7 +514,7 @@ def paired_folders(rainy_dir: str | os.PathLike, clean_dir: str | os.PathLike) -
         layout = Layout(list_images(rainy_dir), list_images(clean_dir), rainy_dir, clean_dir,
                         f"{rainy_dir.name}/ + {clean_dir.name}/")
     name = rainy_dir.name if rainy_dir.resolve() == clean_dir.resolve() else f"{rainy_dir.name}+{clean_dir.name}"
-    return _build(name, f"pairs {rainy_dir} / {clean_dir}", rainy_dir, layout, None)
+    return _build(name, f"paired folders {rainy_dir.name}/ + {clean_dir.name}/", rainy_dir, layout, None)
 
 
 def image_folder(folder: str | os.PathLike) -> Dataset:

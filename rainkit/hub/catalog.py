@@ -33,3 +33,14 @@ register_weights(WeightsEntry(
     provenance="official PReNet6 (Ren et al., CVPR 2019) trained on RainTrainH",
     mirror_paths=("prenet-official/rain100h/net_latest.pth",),
 ))
+
+register_weights(WeightsEntry(
+    name="espnet.cityscapes",
+    filename="espnet-cityscapes.pth",
+    sha256="343b0e77e8545d36113c4f3efbf1ee349256f25c97c9f9d5ddefe45f2f49763e",
+    url="https://github.com/sacmehta/ESPNet/raw/afe71c38edaee3514ca44e0adcafdf36109bf437/pretrained/decoder/espnet_p_2_q_8.pth",
+    license="MIT",
+    provenance="official ESPNet (Mehta et al., ECCV 2018) with the light decoder, p=2, q=8, trained on Cityscapes "
+               "(19 classes + unlabelled); pretrained/decoder/espnet_p_2_q_8.pth",
+    mirror_paths=("espnet-cityscapes/espnet_p_2_q_8.pth",),
+))

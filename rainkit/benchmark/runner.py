@@ -1,0 +1,417 @@
+"""The benchmark runner: derain every image of a set with every model and score it.
+
+Inference goes through the derain pipeline (`rainkit.derain.load_derainer`: device, precision,
+tiling). Model outputs are quantised to 8 bits the way the published evaluations saved them
+(`truncate`: uint8(255 * clamp(x)), as the official PReNet/SAPNet test scripts do; `round` on
+request); the rainy inputs and clean references are 8-bit files and are used as they are.
+Scoring, saving and cache writing run in one worker thread while the next image is being
+derained (OpenCV and NumPy release the GIL), so metrics add little to the inference time.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from rainkit._version import __version__
+from rainkit.benchmark.cache import ResumeCache, cache_key
+from rainkit.benchmark.models import ModelSpec, finalize_specs, parse_model
+from rainkit.data.datasets import Dataset, Pair
+from rainkit.data.images import atomic_write_bytes, read_image, to_uint8
+from rainkit.errors import RainkitError
+from rainkit.metrics import METRICS, NO_REFERENCE_METRICS, crop_border, full_reference_scores, parse_metrics
+
+QUANTIZE_MODES = ("truncate", "round")
+GRID_FOLDER = "grid"
+_IN_FLIGHT = 2  # images scored in the worker while the main thread derains the next
+
+
+@dataclass
+class ImageScore:
+    id: str
+    scores: dict[str, float]
+    seconds: float  # inference time (0 for the rainy input)
+    cached: bool = False
+
+
+@dataclass
+class ModelResult:
+    spec: ModelSpec
+    params: int | None = None
+    weights: str | None = None
+    weights_sha256: str | None = None
+    device: str | None = None
+    precision: str | None = None
+    images: list[ImageScore] = field(default_factory=list)
+    seconds: float = 0.0  # wall time of this model's pass (loading, inference, scoring)
+
+    @property
+    def label(self) -> str:
+        return self.spec.label
+
+    def values(self, metric: str) -> np.ndarray:
+        return np.array([im.scores[metric] for im in self.images if metric in im.scores], dtype=np.float64)
+
+    def mean(self, metric: str) -> float:
+        values = self.values(metric)
+        return float(values.mean()) if values.size else float("nan")
+
+    def std(self, metric: str) -> float:
+        """Population standard deviation over images."""
+        values = self.values(metric)
+        if not values.size or not np.all(np.isfinite(values)):
+            return float("nan")
+        return float(values.std())
+
+    @property
+    def seconds_per_image(self) -> float | None:
+        if self.spec.is_input or not self.images:
+            return None
+        return float(np.mean([im.seconds for im in self.images]))
+
+    @property
+    def cached_count(self) -> int:
+        return sum(1 for im in self.images if im.cached)
+
+
+def _finite(value):
+    """JSON has no inf/nan: identical images (PSNR inf) and empty means become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+@dataclass
+class BenchmarkResult:
+    dataset: Dataset
+    metrics: list[str]
+    settings: dict
+    models: list[ModelResult]
+    seconds: float = 0.0
+    created: str = ""
+    grids: list[Path] = field(default_factory=list)
+
+    def means(self) -> dict[str, dict[str, float]]:
+        return {m.label: {k: m.mean(k) for k in self.metrics} for m in self.models}
+
+    def model(self, label: str) -> ModelResult:
+        for m in self.models:
+            if m.label == label:
+                return m
+        raise KeyError(label)
+
+    def rows(self) -> list[dict]:
+        """One row per model and image (the CSV)."""
+        pairs = {p.id: p for p in self.dataset.pairs}
+        rows = []
+        for m in self.models:
+            for im in m.images:
+                pair = pairs[im.id]
+                row = {"model": m.label, "image": im.id, "rainy": str(pair.rainy),
+                       "clean": str(pair.clean) if pair.clean is not None else "",
+                       "seconds": round(im.seconds, 4), "cached": im.cached}
+                row.update({k: im.scores.get(k) for k in self.metrics})
+                rows.append(row)
+        return rows
+
+    def to_json(self) -> dict:
+        return {
+            "rainkit_version": __version__,
+            "created": self.created,
+            "seconds": round(self.seconds, 3),
+            "settings": self.settings,
+            "dataset": self.dataset.describe(),
+            "metrics": {k: {"title": METRICS[k].title, "unit": METRICS[k].unit,
+                            "higher_is_better": METRICS[k].higher_is_better, "convention": METRICS[k].convention}
+                        for k in self.metrics},
+            "means": {label: {k: _finite(v) for k, v in means.items()} for label, means in self.means().items()},
+            "models": [
+                {
+                    "label": m.label,
+                    "model": m.spec.model,
+                    "weights": m.weights,
+                    "weights_sha256": m.weights_sha256,
+                    "params": m.params,
+                    "device": m.device,
+                    "precision": m.precision,
+                    "images": len(m.images),
+                    "cached_images": m.cached_count,
+                    "seconds_per_image": _finite(m.seconds_per_image) if m.seconds_per_image is not None else None,
+                    "means": {k: _finite(m.mean(k)) for k in self.metrics},
+                    "std": {k: _finite(m.std(k)) for k in self.metrics},
+                }
+                for m in self.models
+            ],
+            "images": {
+                m.label: [{"id": im.id, "seconds": round(im.seconds, 4), "cached": im.cached,
+                           **{k: _finite(im.scores.get(k)) for k in self.metrics}} for im in m.images]
+                for m in self.models
+            },
+        }
+
+
+@dataclass
+class ImageEvent:
+    """Passed to `on_image` after each image: which model, how far, and the scores."""
+
+    model: str
+    index: int  # 1-based
+    total: int
+    image: ImageScore
+
+
+def _encode_png(rgb_u8: np.ndarray) -> bytes:
+    import cv2
+
+    ok, buffer = cv2.imencode(".png", np.ascontiguousarray(rgb_u8[:, :, ::-1]))
+    if not ok:
+        raise RainkitError("could not encode a PNG")
+    return buffer.tobytes()
+
+
+def _read_u8(path: Path) -> np.ndarray:
+    # 8-bit files come back exactly (k/255 in float32 times 255 rounds to k); 16-bit ones are
+    # rounded to the nearest 8-bit level.
+    return to_uint8(read_image(path).rgb, "round")
+
+
+def _safe_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.+" else "_" for c in text)
+
+
+class _Scorer:
+    """Scores one restored image: full-reference metrics against the clean image, no-reference ones alone."""
+
+    def __init__(self, metrics: Sequence[str], border: int):
+        self.full = [m for m in metrics if METRICS[m].needs_reference]
+        self.noref = [m for m in metrics if m in NO_REFERENCE_METRICS]
+        self.border = border
+        self._noref_scorer = None
+        if self.noref:
+            from rainkit.metrics.noref import NoReferenceScorer
+
+            self._noref_scorer = NoReferenceScorer(self.noref)
+
+    def __call__(self, restored: np.ndarray, pair: Pair, clean: np.ndarray | None = None) -> dict[str, float]:
+        scores: dict[str, float] = {}
+        if self.full:
+            if clean is None:
+                clean = _read_u8(pair.clean)
+            if clean.shape != restored.shape:
+                raise RainkitError(f"{pair.rainy.name}: the output is {restored.shape[1]}x{restored.shape[0]} "
+                                   f"but {pair.clean.name} is {clean.shape[1]}x{clean.shape[0]}")
+            scores.update(full_reference_scores(restored, clean, self.full, border=self.border))
+        if self.noref:
+            scores.update(self._noref_scorer(crop_border(restored, self.border), name=pair.rainy.name))
+        return scores
+
+
+def run_benchmark(
+    dataset: Dataset,
+    models: Sequence[ModelSpec | str] = ("none",),
+    metrics: Sequence[str] | str | None = None,
+    *,
+    quantize: str = "truncate",
+    crop_border: int = 0,
+    device: str = "auto",
+    precision: str = "fp32",
+    tile: int | None = None,
+    resume_cache: str | Path | None = None,
+    resume: bool = True,
+    save_images: str | Path | None = None,
+    grid_images: int = 4,
+    on_image: Callable[[ImageEvent], None] | None = None,
+    on_model: Callable[[ModelSpec, int], None] | None = None,
+    overlap: bool = True,
+) -> BenchmarkResult:
+    """Benchmark `models` on `dataset` and return every score.
+
+    `models`: `ModelSpec`s or strings (`"none"`, `"prenet=path.pth"`); `metrics`: names or a
+    comma-separated string (default: PSNR/SSIM on Y and RGB for paired sets, NIQE and BRISQUE for
+    sets without references). `resume_cache`: a JSONL file of per-image scores, read when
+    `resume` and appended to as images finish. `save_images`: a folder for the restored images
+    (`<folder>/<model>/<id>.png`) and side-by-side grids of the first `grid_images` images.
+    """
+    started = time.perf_counter()
+    if isinstance(metrics, str) or metrics is None:
+        metric_names = parse_metrics(metrics, dataset.has_reference)
+    else:
+        metric_names = parse_metrics(",".join(metrics), dataset.has_reference)
+    if quantize not in QUANTIZE_MODES:
+        raise RainkitError(f"unknown quantisation '{quantize}' (use {' or '.join(QUANTIZE_MODES)})")
+    if crop_border < 0:
+        raise RainkitError(f"--crop-border must be 0 or more, got {crop_border}")
+    if not dataset.pairs:
+        raise RainkitError(f"{dataset.name}: no images to benchmark")
+    specs = finalize_specs(parse_model(m) if isinstance(m, str) else m for m in models)
+    if not specs:
+        raise RainkitError("no model to benchmark (use --model none to score the rainy input)")
+    save_dir = Path(save_images) if save_images is not None else None
+
+    scorer = _Scorer(metric_names, crop_border)
+    cache = ResumeCache(resume_cache, resume=resume) if resume_cache is not None else None
+    results: list[ModelResult] = []
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rainkit-metrics") if overlap else None
+    try:
+        for spec in specs:
+            results.append(_run_model(spec, dataset, metric_names, scorer, cache, executor, save_dir,
+                                      quantize=quantize, crop_border=crop_border, device=device,
+                                      precision=precision, tile=tile, on_image=on_image, on_model=on_model))
+    finally:
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+        if cache is not None:
+            cache.close()
+
+    settings = {
+        "models": [str(s) for s in specs],
+        "metrics": metric_names,
+        "quantize": quantize,
+        "crop_border": crop_border,
+        "device": device,
+        "precision": precision,
+        "tile": tile,
+        "resume_cache": str(resume_cache) if resume_cache is not None else None,
+        "save_images": str(save_dir) if save_dir is not None else None,
+    }
+    result = BenchmarkResult(dataset, metric_names, settings, results,
+                             created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    if save_dir is not None and grid_images > 0:
+        result.grids = write_grids(result, save_dir, grid_images)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _run_model(spec: ModelSpec, dataset: Dataset, metrics: list[str], scorer: _Scorer, cache: ResumeCache | None,
+               executor: ThreadPoolExecutor | None, save_dir: Path | None, *, quantize: str, crop_border: int,
+               device: str, precision: str, tile: int | None, on_image, on_model) -> ModelResult:
+    started = time.perf_counter()
+    result = ModelResult(spec)
+    derainer = None
+    if spec.is_input:
+        key_settings = {"model": "none", "crop_border": crop_border}
+    else:
+        from rainkit.derain import load_derainer
+
+        derainer = load_derainer(spec.model, spec.weights, device=device, precision=precision, tile=tile)
+        info = derainer.describe()
+        result.params = derainer.num_params
+        result.weights = info["weights"]
+        result.weights_sha256 = info["weights_sha256"]
+        result.device = info["device"]
+        result.precision = info["precision"]
+        key_settings = {"model": spec.model, "weights_sha256": derainer.weights_sha256, "quantize": quantize,
+                        "crop_border": crop_border, "device": derainer.device.type, "precision": precision,
+                        "tile": tile}
+    out_dir = save_dir / _safe_name(spec.label) if save_dir is not None and not spec.is_input else None
+    total = len(dataset.pairs)
+    if on_model is not None:
+        on_model(spec, total)
+
+    pending: deque = deque()
+    done = 0
+
+    def finish(image: ImageScore) -> None:
+        nonlocal done
+        done += 1
+        result.images.append(image)
+        if on_image is not None:
+            on_image(ImageEvent(spec.label, done, total, image))
+
+    def score(pair: Pair, key: str | None, restored: np.ndarray, seconds: float) -> ImageScore:
+        scores = scorer(restored, pair)
+        if out_dir is not None:
+            atomic_write_bytes(out_dir / f"{_safe_name(pair.id)}.png", _encode_png(restored))
+        if cache is not None:
+            cache.put(key, spec.label, pair.id, scores, seconds)
+        return ImageScore(pair.id, scores, seconds)
+
+    for pair in dataset.pairs:
+        key = cache_key(key_settings, dataset.pair_digest(pair)) if cache is not None else None
+        entry = cache.get(key, metrics) if cache is not None else None
+        if entry is not None and (out_dir is None or (out_dir / f"{_safe_name(pair.id)}.png").is_file()):
+            image = ImageScore(pair.id, {m: entry["scores"][m] for m in metrics}, float(entry["seconds"]), True)
+            if pending:  # keep dataset order behind images still being scored
+                pending.append(_Done(image))
+            else:
+                finish(image)
+            continue
+        rgb = read_image(pair.rainy).rgb
+        if derainer is None:
+            restored, seconds = to_uint8(rgb, "round"), 0.0
+        else:
+            t0 = time.perf_counter()
+            output = derainer.derain(rgb)
+            seconds = time.perf_counter() - t0
+            restored = to_uint8(output, quantize)
+        if executor is None:
+            finish(score(pair, key, restored, seconds))
+            continue
+        pending.append(executor.submit(score, pair, key, restored, seconds))
+        while len(pending) >= _IN_FLIGHT:
+            finish(pending.popleft().result())
+    while pending:
+        finish(pending.popleft().result())
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+class _Done:
+    """A finished value that looks like a future, to keep results in dataset order."""
+
+    def __init__(self, value):
+        self._value = value
+
+    def result(self):
+        return self._value
+
+
+# --- grids ---------------------------------------------------------------------------------------
+
+def _label_band(text: str, width: int) -> np.ndarray:
+    import cv2
+
+    band = np.full((28, width, 3), 255, np.uint8)
+    scale = 0.55
+    (tw, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    while tw > width - 8 and len(text) > 4:
+        text = text[:-2]
+        (tw, _), _ = cv2.getTextSize(text + "~", cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    cv2.putText(band, text, (4, 19), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return band
+
+
+def write_grids(result: BenchmarkResult, save_dir: Path, count: int = 4) -> list[Path]:
+    """Side-by-side PNGs `rainy | each model | clean` (with each model's PSNR-Y where scored) of the
+    first `count` images, in `<save_dir>/grid/`."""
+    written: list[Path] = []
+    models = [m for m in result.models if not m.spec.is_input]
+    for pair in result.dataset.pairs[:count]:
+        rainy = _read_u8(pair.rainy)
+        columns = [("rainy", rainy)]
+        for m in models:
+            path = save_dir / _safe_name(m.label) / f"{_safe_name(pair.id)}.png"
+            image = _read_u8(path) if path.is_file() else np.full_like(rainy, 128)
+            score = next((im.scores for im in m.images if im.id == pair.id), {})
+            label = m.label + (f" {score['psnr_y']:.2f} dB" if "psnr_y" in score else "")
+            columns.append((label, image))
+        if pair.clean is not None:
+            columns.append(("clean", _read_u8(pair.clean)))
+        gap = np.full((rainy.shape[0] + 28, 4, 3), 255, np.uint8)
+        tiles = []
+        for i, (label, image) in enumerate(columns):
+            if i:
+                tiles.append(gap)
+            tiles.append(np.concatenate([_label_band(label, image.shape[1]), image], axis=0))
+        path = save_dir / GRID_FOLDER / f"{_safe_name(pair.id)}.png"
+        atomic_write_bytes(path, _encode_png(np.concatenate(tiles, axis=1)))
+        written.append(path)
+    return written
