@@ -76,3 +76,20 @@ def test_other_domains():
     assert (snow - clean).max() > 0.3
     with pytest.raises(ValueError, match="unknown domain"):
         synthesize(clean, "hail")
+
+
+def test_physics_record_and_method_choice(tmp_path, capsys):
+    import json
+
+    from rainkit.synth.batch import choose_method
+
+    src = _photo(tmp_path)
+    assert main(["generate", str(src), str(tmp_path / "out"), "--seed", "2"]) == 0
+    record = json.loads((tmp_path / "out" / "rainkit-generate.json").read_text())
+    assert set(record) == {"rainkit_version", "method", "domain", "preset", "intensity", "seed", "pairs"}
+    assert record["method"] == "physics" and record["preset"] == "light"
+    assert choose_method("physics", "rain").method == "physics"
+    assert choose_method("auto", "fog").method == "physics"  # no learned fog weights are registered
+    capsys.readouterr()
+    assert main(["generate", str(src), str(tmp_path / "w"), "--weights", "x.safetensors"]) == 1
+    assert "--method tpsence" in capsys.readouterr().err

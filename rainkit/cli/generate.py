@@ -13,47 +13,81 @@ from rainkit.cli.app import app, console
 @app.command("generate")
 def generate_command(
     paths: List[str] = typer.Argument(..., help="Input files, folders or globs, then the output folder last."),
-    method: str = typer.Option("physics", "--method", help="Synthesis method: physics."),
+    method: str = typer.Option("physics", "--method", help="physics; tpsence (learned generator: the domain's "
+                               "registered weights or --weights); auto (tpsence when weights for the domain exist, "
+                               "else physics)."),
     domain: str = typer.Option("rain", "--domain", "-d", help="rain, snow, fog or night."),
-    preset: str = typer.Option("light", "--preset", "-p", help="Rain preset: light, heavy or storm."),
-    intensity: Optional[float] = typer.Option(None, "--intensity", help="0..1; for rain 0.5 is the preset as is."),
-    seed: int = typer.Option(0, "--seed", help="Run seed; each image's randomness derives from it and the image's name."),
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Physics rain preset: light (default), heavy or storm."),
+    intensity: Optional[float] = typer.Option(None, "--intensity", help="Physics: 0..1; for rain 0.5 is the preset as is."),
+    seed: int = typer.Option(0, "--seed", help="Run seed; each image's randomness derives from it and the image's name "
+                             "(the learned generator is deterministic; the seed is recorded)."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="tpsence: registered weights name or a "
+                                          "generator file (e.g. a run's generator.safetensors)."),
+    device: str = typer.Option("auto", "--device", help="tpsence: auto, cpu, cuda, cuda:N or mps."),
+    precision: str = typer.Option("fp32", "--precision", help="tpsence: fp32, fp16 (CUDA) or bf16."),
+    tile: Optional[int] = typer.Option(None, "--tile", min=0, help="tpsence: tile size in pixels (seam-free); "
+                                       "0 = whole image; default: automatic from free memory."),
     pairs: bool = typer.Option(False, "--pairs", help="Also write the clean inputs: OUT/rain/ + OUT/norain/ (train/benchmark layout)."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into sub-folders."),
     fmt: str = typer.Option("png", "--format", "-f", help="png, jpg, webp or tif."),
     quality: Optional[int] = typer.Option(None, "--quality", min=1, max=100),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo existing outputs (default: skip them)."),
 ) -> int:
-    """Add physically modelled weather to images, reproducibly."""
+    """Add weather to images at their native resolution, reproducibly: physics models or a learned generator."""
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from rainkit.synth.batch import GenerateSettings, generate_paths, megapixels_per_second
+    from rainkit.synth.batch import GenerateSettings, choose_method, generate_paths, megapixels_per_second
 
     if len(paths) < 2:
         raise typer.BadParameter("give at least one input and the output folder", param_hint="PATHS")
     *inputs, output = paths
     if Path(output).exists() and not Path(output).is_dir():
         raise typer.BadParameter(f"{output} exists and is not a folder; the output folder comes last", param_hint="PATHS")
-    settings = GenerateSettings(method=method, domain=domain, preset=preset, intensity=intensity, seed=seed)
+    settings = GenerateSettings(method=method, domain=domain, preset=preset or "light", intensity=intensity, seed=seed,
+                                weights=weights, device=device, precision=precision, tile=tile)
+    settings.validate()
+    choice = choose_method(method, domain, weights)
+    if method == "auto" or choice.method != "physics":
+        console.print(f"method: {choice.method} — {escape(choice.reason)}", highlight=False, soft_wrap=True)
+    if choice.method != "physics" and (preset is not None or intensity is not None):
+        console.print("[yellow]note:[/yellow] --preset and --intensity apply to the physics method only; ignored",
+                      highlight=False, soft_wrap=True)
+    from dataclasses import replace
+
+    settings = replace(settings, method=choice.method, weights=choice.weights)
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=console, transient=True)
-    task = None
+    task = tiles = None
 
     def on_start(total: int) -> None:
         nonlocal task
-        task = progress.add_task(f"{domain} ({method})", total=total)
+        task = progress.add_task(f"{domain} ({choice.method})", total=total)
+
+    def on_tile(done: int, total: int) -> None:
+        nonlocal tiles
+        if tiles is None:
+            tiles = progress.add_task("  tiles", total=total)
+        progress.update(tiles, completed=done, total=total)
 
     def on_progress(item, index, total) -> None:
+        nonlocal tiles
+        if tiles is not None:
+            progress.remove_task(tiles)
+            tiles = None
         progress.update(task, completed=index)
         if item.status == "failed":
             progress.console.print(f"[red]failed[/red] {escape(item.error or '')}", highlight=False, soft_wrap=True)
 
     with progress:
         result = generate_paths(inputs, output, settings, recursive=recursive, pairs=pairs, fmt=fmt, quality=quality,
-                                overwrite=overwrite, on_start=on_start, on_progress=on_progress)
+                                overwrite=overwrite, on_start=on_start, on_progress=on_progress, on_tile=on_tile)
+    record = result.settings
+    used = (f"tpsence, weights {escape(str(record.get('weights')))} (sha256 {str(record.get('weights_sha256'))[:12]}), "
+            f"{record.get('device')} {record.get('precision')}" if record.get("method") == "tpsence" else "physics")
     console.print(f"{result.count('done')} done, {result.count('skipped')} skipped, {result.count('failed')} failed "
-                  f"into {escape(str(output))} ({megapixels_per_second(result):.1f} MP/s, seed {seed})", highlight=False)
+                  f"into {escape(str(output))} ({megapixels_per_second(result):.1f} MP/s, seed {seed}; {used})",
+                  highlight=False, soft_wrap=True)
     for item in result.failed:
         console.print(f"[red]failed:[/red] {escape(item.error or item.input)}", highlight=False, soft_wrap=True)
     return 0 if result.ok else 1

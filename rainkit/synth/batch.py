@@ -1,10 +1,17 @@
-"""`rainkit generate` as one call: add weather to files, resumable, with a run record."""
+"""`rainkit generate` as one call: add weather to files, resumable, with a run record.
+
+Two methods: `physics` (rainkit.synth.physics, seeded per image) and `tpsence`, a learned
+TPSeNCE generator (rainkit.tpsence.generate: native resolution, seam-free tiles). `auto` picks the
+learned generator when weights for the domain are registered and present (`tpsence.<domain>`, see
+`rainkit.tpsence.generate.default_generator_weights`), otherwise physics; `choose_method` says which
+and why.
+"""
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -16,17 +23,23 @@ from rainkit.derain.batch import BatchResult, ItemResult, plan_jobs
 from rainkit.errors import InputError, RainkitError
 from rainkit.synth.physics import DOMAINS, PRESETS, image_seed, synthesize
 
-METHODS = ("physics",)
+METHODS = ("physics", "tpsence", "auto")
 RECORD_NAME = "rainkit-generate.json"
+# Record keys that may differ between runs into the same folder without changing the outputs.
+_UNCOMPARED = ("rainkit_version", "device", "tile", "weights")
 
 
 @dataclass(frozen=True)
 class GenerateSettings:
     method: str = "physics"
     domain: str = "rain"
-    preset: str = "light"
-    intensity: float | None = None
+    preset: str = "light"  # physics only
+    intensity: float | None = None  # physics only
     seed: int = 0
+    weights: str | None = None  # tpsence: registered name or file; None = the domain's registered weights
+    device: str = "auto"  # tpsence
+    precision: str = "fp32"  # tpsence
+    tile: int | None = None  # tpsence: None = automatic, 0 = whole image
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -37,6 +50,68 @@ class GenerateSettings:
             raise RainkitError(f"unknown preset '{self.preset}' (use {', '.join(PRESETS)})")
         if self.intensity is not None and not 0.0 <= self.intensity <= 1.0:
             raise RainkitError(f"--intensity must be within 0..1, got {self.intensity}")
+        if self.tile is not None and self.tile < 0:
+            raise RainkitError(f"--tile must be 0 (whole image) or a positive size, got {self.tile}")
+
+
+@dataclass(frozen=True)
+class MethodChoice:
+    method: str  # "physics" or "tpsence"
+    weights: str | None  # tpsence: registered name or path
+    reason: str  # one line: which method and why
+
+
+def no_learned_weights_message(domain: str) -> str:
+    return (f"no learned {domain} generator is registered yet (weights 'tpsence.{domain}'): use --method physics, "
+            f"or train one with `rainkit train tpsence --domain {domain} --clear DIR --target DIR` and pass "
+            f"--weights RUN/generator.safetensors")
+
+
+def choose_method(method: str, domain: str, weights: str | None = None) -> MethodChoice:
+    """Resolve `auto` and the default weights of `tpsence`, offline and without loading a network.
+
+    physics: the physics model. tpsence: `weights`, else the domain's registered `tpsence.<domain>`
+    weights; none registered is an error naming `--method physics` and `rainkit train tpsence`.
+    auto: tpsence when `weights` are given or the domain's registered weights are present and
+    verified here, otherwise physics (the reason says why). Weights chosen for tpsence are
+    resolved here, so a missing or unverified file fails before any work.
+    """
+    if method not in METHODS:
+        raise RainkitError(f"unknown method '{method}' (available: {', '.join(METHODS)})")
+    if method == "physics":
+        if weights:
+            raise RainkitError("--weights is for the learned generator: use --method tpsence (or auto), not physics")
+        return MethodChoice("physics", None, "physics model")
+    from rainkit.hub.weights import check_weights, resolve_weights
+
+    if weights:
+        resolve_weights(weights)  # a missing or unverified file fails here, in one line, before any work
+        return MethodChoice("tpsence", str(weights), f"learned TPSeNCE generator ({weights})")
+    from rainkit.tpsence.generate import default_generator_weights
+
+    entry = default_generator_weights(domain)
+    if entry is None:
+        if method == "tpsence":
+            raise RainkitError(no_learned_weights_message(domain))
+        return MethodChoice("physics", None, f"no learned {domain} weights are registered (tpsence.{domain}), "
+                                             f"so the physics model was used")
+    if method == "auto":
+        status = check_weights(entry)
+        if status.state != "verified":
+            why = "not found here" if status.state == "missing" else "do not verify (sha256 mismatch)"
+            return MethodChoice("physics", None, f"learned weights '{entry.name}' {why} (`rainkit weights fetch "
+                                                 f"{entry.name}` gets them), so the physics model was used")
+    else:
+        resolve_weights(entry.name)  # the registry's one-line message when they are not on this machine
+    return MethodChoice("tpsence", entry.name, f"learned TPSeNCE generator ({entry.name})")
+
+
+def _check_record(record_path: Path, record: dict) -> None:
+    previous = json.loads(record_path.read_text())
+    changed = {k: (previous.get(k), v) for k, v in record.items() if k not in _UNCOMPARED and previous.get(k) != v}
+    if changed:
+        raise RainkitError(f"{record_path}: this folder was generated with other settings {changed}; "
+                           f"use another output folder or --overwrite")
 
 
 def generate_paths(
@@ -51,35 +126,56 @@ def generate_paths(
     overwrite: bool = False,
     on_start: Callable[[int], None] | None = None,
     on_progress: Callable[[ItemResult, int, int], None] | None = None,
+    on_tile: Callable[[int, int], None] | None = None,
 ) -> BatchResult:
     """Write weather versions of `inputs` into `output`.
 
     With `pairs`, writes `output/rain/<name>` (degraded) and `output/norain/<name>.png` (the clean
     input, losslessly), a layout `rainkit train` and `rainkit benchmark` read; other domains use
     `output/<domain>/` and `output/clear/`.
-    Each image's randomness is seeded from `settings.seed` and its name, so results do not depend
-    on batch order or on which images were already done.
+    Physics: each image's randomness is seeded from `settings.seed` and its name, so results do not
+    depend on batch order or on which images were already done. tpsence: the generator is
+    deterministic; the seed is recorded all the same. `output/rainkit-generate.json` records the
+    method and, for the learned one, the model, weights and their sha256.
     """
     settings.validate()
+    choice = choose_method(settings.method, settings.domain, settings.weights)
+    settings = replace(settings, method=choice.method, weights=choice.weights)
     output = Path(output)
     degraded_dir = output / settings.domain if pairs else output
     clean_dir = (output / ("norain" if settings.domain == "rain" else "clear")) if pairs else None
     jobs = plan_jobs(inputs, degraded_dir, recursive=recursive, fmt=fmt)
-    record = {"rainkit_version": __version__, **settings.__dict__, "pairs": pairs}
+    generator = None
+    if settings.method == "physics":
+        record = {"rainkit_version": __version__, "method": "physics", "domain": settings.domain,
+                  "preset": settings.preset, "intensity": settings.intensity, "seed": settings.seed, "pairs": pairs}
+    else:
+        from rainkit.tpsence.generate import load_generator
+
+        generator = load_generator(settings.weights, settings.device, settings.precision, tile=settings.tile)
+        described = generator.describe()
+        record = {"rainkit_version": __version__, "method": "tpsence", "domain": settings.domain,
+                  "seed": settings.seed, "pairs": pairs, "model": described["model"],
+                  "weights": described["weights"], "weights_sha256": described["weights_sha256"],
+                  "precision": described["precision"], "device": described["device"],
+                  "tile": settings.tile if settings.tile is not None else "auto"}
     record_path = output / RECORD_NAME
     if record_path.exists() and not overwrite:
-        previous = json.loads(record_path.read_text())
-        changed = {k: (previous.get(k), v) for k, v in record.items() if k != "rainkit_version" and previous.get(k) != v}
-        if changed:
-            raise RainkitError(f"{record_path}: this folder was generated with other settings {changed}; "
-                               f"use another output folder or --overwrite")
+        _check_record(record_path, record)
     atomic_write_bytes(record_path, (json.dumps(record, indent=2) + "\n").encode())
+    if generator is not None:
+        def render(rgb: np.ndarray, name: str) -> np.ndarray:
+            return generator.generate(rgb, on_tile=on_tile)
+    else:
+        def render(rgb: np.ndarray, name: str) -> np.ndarray:
+            return synthesize(rgb, settings.domain, preset=settings.preset, intensity=settings.intensity,
+                              seed=image_seed(settings.seed, name))
     if on_start:
         on_start(len(jobs))
     result = BatchResult(settings=record)
     start = time.perf_counter()
     for index, job in enumerate(jobs, start=1):
-        item = _generate_one(job, settings, degraded_dir, clean_dir, fmt, quality, overwrite)
+        item = _generate_one(job, render, degraded_dir, clean_dir, fmt, quality, overwrite)
         result.items.append(item)
         if on_progress:
             on_progress(item, index, len(jobs))
@@ -87,8 +183,8 @@ def generate_paths(
     return result
 
 
-def _generate_one(job, settings: GenerateSettings, degraded_dir: Path, clean_dir: Path | None, fmt: str,
-                  quality: int | None, overwrite: bool) -> ItemResult:
+def _generate_one(job, render: Callable[[np.ndarray, str], np.ndarray], degraded_dir: Path, clean_dir: Path | None,
+                  fmt: str, quality: int | None, overwrite: bool) -> ItemResult:
     label = str(job.source) if job.source is not None else job.spec
     if job.error:
         return ItemResult(label, str(job.output) if job.output else None, "failed", job.error)
@@ -101,8 +197,7 @@ def _generate_one(job, settings: GenerateSettings, degraded_dir: Path, clean_dir
         height, width = image.rgb.shape[:2]
         name = job.output.relative_to(degraded_dir).with_suffix("").as_posix()
         clean = image.rgb
-        image.rgb = synthesize(clean, settings.domain, preset=settings.preset, intensity=settings.intensity,
-                               seed=image_seed(settings.seed, name))
+        image.rgb = render(clean, name)
         data = encode_image(image, job.output.suffix, quality)
         if clean_out is not None:
             image.rgb = clean
@@ -112,6 +207,10 @@ def _generate_one(job, settings: GenerateSettings, degraded_dir: Path, clean_dir
     except (InputError, RainkitError, ValueError, OSError) as exc:
         message = str(exc) if isinstance(exc, InputError) else f"{job.source}: {exc}"
         return ItemResult(label, str(job.output), "failed", message.splitlines()[0], time.perf_counter() - started)
+    except (RuntimeError, MemoryError) as exc:  # e.g. out of memory in the learned generator
+        text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        return ItemResult(label, str(job.output), "failed", f"{job.source}: {type(exc).__name__}: {text}",
+                          time.perf_counter() - started)
 
 
 def megapixels_per_second(result: BatchResult) -> float:

@@ -409,3 +409,20 @@ def load_generator(weights: str | Path, device: str | torch.device = "cpu", prec
     return Generator(model, dev, precision, tile=tile, halo=halo,
                      weights_path=resolved.path, weights_sha256=resolved.sha256,
                      weights_name=resolved.entry.name if resolved.entry else None)
+
+
+GENERATOR_WEIGHTS_PREFIX = "tpsence."
+
+
+def default_generator_weights(domain: str):
+    """The registered generator weights for a weather domain: the entry named `tpsence.<domain>`
+    (e.g. `tpsence.rain`), or None when rainkit has none for that domain yet.
+
+    This is the one place `rainkit generate --method tpsence/auto` looks: registering an entry in
+    `rainkit.hub.catalog` is all it takes to make learned weights the default for a domain.
+    Returns a `rainkit.hub.weights.WeightsEntry` (registered; not necessarily on this machine:
+    check with `rainkit.hub.weights.check_weights`)."""
+    from rainkit.hub.weights import list_weights
+
+    name = f"{GENERATOR_WEIGHTS_PREFIX}{domain}"
+    return next((entry for entry in list_weights() if entry.name == name), None)
