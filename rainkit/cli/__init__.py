@@ -6,12 +6,8 @@ from __future__ import annotations
 import sys
 
 from rainkit.cli.app import app, console
-from rainkit.cli import derain, generate, models, train, weights  # noqa: F401,E402  (register commands)
-
-try:  # the benchmark command lands separately; the CLI works without it
-    from rainkit.cli import benchmark  # noqa: F401
-except ImportError:  # pragma: no cover
-    pass
+from rainkit.cli import derain, detect, generate, models, segment, train, weights  # noqa: F401,E402  (register commands)
+from rainkit.cli import benchmark  # noqa: F401,E402
 
 
 def main(argv: list[str] | None = None) -> int:
