@@ -7,7 +7,6 @@ Values come from the dataclass defaults, then a JSON/TOML file, then keyword val
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,31 +105,8 @@ def apply_override(config: TPSeNCEConfig, assignment: str) -> None:
 def load_tpsence_config(path: str | Path | None = None, overrides: list[str] | None = None,
                         **direct: Any) -> TPSeNCEConfig:
     """Defaults, then the file (JSON, or TOML on Python 3.11+), then keyword values, then overrides."""
-    config = TPSeNCEConfig()
-    if path:
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise RainkitError(f"{path}: cannot read config ({exc.strerror or exc})") from None
-        if path.suffix == ".toml":
-            import tomllib
+    from rainkit.train.config import build_config
 
-            values = tomllib.loads(text)
-        else:
-            try:
-                values = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise RainkitError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        for key, value in values.items():
-            text_value = ",".join(str(v) for v in value) if isinstance(value, list) else str(value)
-            apply_override(config, f"{key}={text_value}")
-    for key, value in direct.items():
-        if value is not None:
-            if not hasattr(config, key):
-                raise RainkitError(f"unknown TPSeNCE setting '{key}'")
-            setattr(config, key, value)
-    for assignment in overrides or []:
-        apply_override(config, assignment)
+    config = build_config(TPSeNCEConfig(), path, overrides, **direct)
     config.validate()
     return config

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rainkit.derain.engine import _available_memory_bytes
 from rainkit.derain.tiling import TileBox, _ramp
 from rainkit.errors import RainkitError
 from rainkit.hub import load_model, resolve_device, resolve_precision
@@ -295,20 +296,6 @@ def run_tiled_generator(model: ResnetGenerator, x: torch.Tensor, *, tile: int, h
     if blend:
         output /= weights
     return torch.from_numpy(output)[None]
-
-
-def _available_memory_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8 << 30
 
 
 @dataclass

@@ -38,7 +38,7 @@ import torch.distributed as dist
 
 from rainkit._version import __version__
 from rainkit.errors import RainkitError
-from rainkit.hub import resolve_device
+from rainkit.train.distributed import setup_processes
 from rainkit.tpsence.config import TPSeNCEConfig
 from rainkit.tpsence.data import UnpairedDataset, epoch_order, sample_rng
 from rainkit.tpsence.objective import TPSeNCE
@@ -227,18 +227,8 @@ def train_tpsence(
         raise RainkitError("SeNCE needs semantic label maps of the clear and rainy images "
                            "(segment them with ESPNet), or set sence=false for plain PatchNCE")
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    device, rank, world = setup_processes(config.device, config.batch)
     distributed = world > 1
-    device = resolve_device(config.device)
-    if distributed:
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(device)
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if config.batch % world:
-        raise RainkitError(f"batch {config.batch} does not split evenly over {world} processes")
     if len(dataset) < config.batch:
         raise RainkitError(f"{len(dataset)} samples per epoch is less than one batch of {config.batch}")
     out_dir = Path(config.out)

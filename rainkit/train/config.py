@@ -118,28 +118,41 @@ def _apply_mapping(target: Any, values: dict[str, Any], prefix: str = "") -> Non
             apply_override(target, f"{prefix}{key}={text}")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None, **direct: Any) -> TrainConfig:
-    """Defaults, then the file (JSON, or TOML on Python 3.11+), then keyword values, then `--set` overrides."""
-    config = TrainConfig()
-    if path:
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise RainkitError(f"{path}: cannot read config ({exc.strerror or exc})") from None
-        if path.suffix == ".toml":
-            import tomllib
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The settings in a JSON or TOML (Python 3.11+) file, as nested mappings."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise RainkitError(f"{path}: cannot read config ({exc.strerror or exc})") from None
+    if path.suffix == ".toml":
+        import tomllib
 
-            values = tomllib.loads(text)
-        else:
-            try:
-                values = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise RainkitError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        _apply_mapping(config, values)
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise RainkitError(f"{path}: not valid TOML ({exc})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RainkitError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def build_config(config: Any, path: str | Path | None = None, overrides: list[str] | None = None,
+                 **direct: Any) -> Any:
+    """Fill a config dataclass: its defaults, then the file, then keyword values, then `--set` overrides."""
+    if path:
+        _apply_mapping(config, read_config_file(path))
     for key, value in direct.items():
         if value is not None:
+            if not hasattr(config, key):
+                raise RainkitError(f"unknown setting '{key}'")
             setattr(config, key, value)
     for assignment in overrides or []:
         apply_override(config, assignment)
     return config
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, **direct: Any) -> TrainConfig:
+    """SAPNet training settings: defaults, then the file (JSON or TOML), then keyword values, then overrides."""
+    return build_config(TrainConfig(), path, overrides, **direct)

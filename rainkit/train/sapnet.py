@@ -24,11 +24,11 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from rainkit._version import __version__
 from rainkit.errors import RainkitError
-from rainkit.hub import create_model, resolve_device
+from rainkit.train.distributed import setup_processes
+from rainkit.hub import create_model
 from rainkit.hub.checkpoint import save_checkpoint
 from rainkit.losses.ssim import SSIMLoss
 from rainkit.train.config import TrainConfig
@@ -183,18 +183,8 @@ def train_sapnet(
     data_description: dict | None = None,
 ) -> TrainResult:
     """Train; returns the trained model (unwrapped) and the run's history. Checkpoints go to `config.out`."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    device, rank, world = setup_processes(config.device, config.batch)
     distributed = world > 1
-    device = resolve_device(config.device)
-    if distributed:
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(device)
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if config.batch % world:
-        raise RainkitError(f"batch {config.batch} does not split evenly over {world} processes")
     out_dir = Path(config.out)
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
