@@ -151,9 +151,21 @@ def test_folders_globs_recursion_and_formats(tmp_path, tiny_sapnet_file):
 def test_no_default_weights_is_one_clear_line(tmp_path, capsys):
     source = tmp_path / "photo.png"
     cv2.imwrite(str(source), _u8())
-    assert main(["derain", str(source), "--model", "sapnet", "--device", "cpu"]) == 1
+    assert main(["derain", str(source), "--model", "prenet", "--device", "cpu"]) == 1
     err = capsys.readouterr().err
-    assert "no default weights for 'sapnet'" in err and "--weights" in err
+    assert "no default weights for 'prenet'" in err and "--weights" in err
+
+
+def test_default_sapnet_weights_ship_verified_and_derain_the_sample(tmp_path):
+    from rainkit.hub import check_weights, default_weights_for
+
+    entry = default_weights_for("sapnet")
+    assert entry is not None and entry.name == "sapnet.rainkit"
+    status = check_weights(entry)
+    assert status.state == "verified", status.detail
+    assert main(["derain", "--sample", "-o", str(tmp_path), "--device", "cpu"]) == 0
+    sidecar = json.loads((tmp_path / "rainy-grace-hopper.png.json").read_text())
+    assert sidecar["weights"] == "sapnet.rainkit" and sidecar["weights_sha256"] == entry.sha256
 
 
 def test_version_and_help_do_not_import_torch():

@@ -31,16 +31,18 @@ class TileBox:
     inp: tuple[int, int, int, int]  # out + halo, clipped
 
 
-def _splits(length: int, tile: int) -> list[tuple[int, int]]:
+def _splits(length: int, tile: int, align: int = 1) -> list[tuple[int, int]]:
+    """Near-equal spans of at most about `tile` covering `length`; inner edges on multiples of `align`."""
     count = max(1, math.ceil(length / tile))
-    edges = np.linspace(0, length, count + 1).round().astype(int)
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+    edges = [int(e) * align for e in np.linspace(0, length // align, count + 1).round()]
+    edges[-1] = length
+    return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
-def plan_tiles(height: int, width: int, tile: int, halo: int, blend: int) -> list[TileBox]:
+def plan_tiles(height: int, width: int, tile: int, halo: int, blend: int, align: int = 1) -> list[TileBox]:
     boxes = []
-    for y0, y1 in _splits(height, tile):
-        for x0, x1 in _splits(width, tile):
+    for y0, y1 in _splits(height, tile, align):
+        for x0, x1 in _splits(width, tile, align):
             oy0, oy1 = max(0, y0 - blend), min(height, y1 + blend)
             ox0, ox1 = max(0, x0 - blend), min(width, x1 + blend)
             iy0, iy1 = max(0, oy0 - halo), min(height, oy1 + halo)

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from rainkit.derain.engine import _available_memory_bytes
-from rainkit.derain.tiling import TileBox, _ramp
+from rainkit.derain.tiling import TileBox, _ramp, plan_tiles
 from rainkit.errors import RainkitError
 from rainkit.hub import load_model, resolve_device, resolve_precision
 from rainkit.models.tpsence import ResnetBlock, ResnetGenerator, TileableInstanceNorm
@@ -121,28 +121,12 @@ def use_norm_stats(model: ResnetGenerator, stats: NormStats | None):
             layer.stats_hook = None
 
 
-def _aligned_splits(length: int, tile: int) -> list[tuple[int, int]]:
-    count = max(1, math.ceil(length / tile))
-    units = length // ALIGN
-    edges = [round(units * i / count) * ALIGN for i in range(count + 1)]
-    edges[-1] = length
-    return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
-
-
 def plan_aligned_tiles(height: int, width: int, tile: int, halo: int, blend: int) -> list[TileBox]:
     """Tiles whose core, output and input boxes all start and end on multiples of 4 (height and
     width must be multiples of 4)."""
     if height % ALIGN or width % ALIGN or halo % ALIGN or blend % ALIGN:
         raise RainkitError("tiling needs sizes, halo and blend that are multiples of 4")
-    boxes = []
-    for y0, y1 in _aligned_splits(height, tile):
-        for x0, x1 in _aligned_splits(width, tile):
-            oy0, oy1 = max(0, y0 - blend), min(height, y1 + blend)
-            ox0, ox1 = max(0, x0 - blend), min(width, x1 + blend)
-            iy0, iy1 = max(0, oy0 - halo), min(height, oy1 + halo)
-            ix0, ix1 = max(0, ox0 - halo), min(width, ox1 + halo)
-            boxes.append(TileBox((y0, y1, x0, x1), (oy0, oy1, ox0, ox1), (iy0, iy1, ix0, ix1)))
-    return boxes
+    return plan_tiles(height, width, tile, halo, blend, align=ALIGN)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int = ALIGN) -> torch.Tensor:
