@@ -44,3 +44,15 @@ register_weights(WeightsEntry(
                "(19 classes + unlabelled); pretrained/decoder/espnet_p_2_q_8.pth",
     mirror_paths=("espnet-cityscapes/espnet_p_2_q_8.pth",),
 ))
+
+register_weights(WeightsEntry(
+    name="sapnet.rainkit",
+    filename="sapnet-rainkit.safetensors",
+    sha256="d5ddd239ad6e33eed0fcbe7c3717540b61dd02509a839f39c9d8c195c55c30e6",
+    url=None,
+    license="MIT",
+    provenance="trained by rainkit on physics light rain (intensity 0.1-0.8, jittered streaks) synthesised over "
+               "coco128 and CamVid/web clear photos, no Rain100 image; best of 7 epochs (epoch 6, 732 steps of 12 "
+               "patches), SSIM loss; see weights/README.md",
+    default_for="sapnet",
+))
