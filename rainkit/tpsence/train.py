@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ import torch.distributed as dist
 from rainkit._version import __version__
 from rainkit.errors import RainkitError
 from rainkit.train.distributed import setup_processes
+from rainkit.train.runfiles import atomic_torch_save, git_commit
 from rainkit.tpsence.config import TPSeNCEConfig
 from rainkit.tpsence.data import UnpairedDataset, epoch_order, sample_rng
 from rainkit.tpsence.objective import TPSeNCE
@@ -144,20 +144,6 @@ def _plot_curves(curve: list[dict], history: list[dict], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).resolve().parent).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def export_generator(model: TPSeNCE, config: TPSeNCEConfig, out_dir: Path, *, epoch: int, step: int,
                      history: list[dict], data_description: dict | None = None) -> Path:
     """Write `generator.safetensors` (rainkit format, fp16 with `export_fp16`) and its JSON card."""
@@ -186,7 +172,7 @@ def export_generator(model: TPSeNCE, config: TPSeNCEConfig, out_dir: Path, *, ep
         "last_epoch_losses": history[-1] if history else {},
         "config": config.to_dict(),
         "command": " ".join(sys.argv),
-        "commit": _git_commit(),
+        "commit": git_commit(),
         "rainkit_version": __version__,
     }
     tmp = out_dir / f".{CARD}.tmp"
@@ -267,7 +253,7 @@ def train_tpsence(
     def save(position_epoch: int, position_batch: int) -> None:
         if rank != 0:
             return
-        _atomic_torch_save({
+        atomic_torch_save({
             "generator": model.generator.state_dict(), "discriminator": model.discriminator.state_dict(),
             "head": model.head.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
             "opt_f": opt_f.state_dict(), "epoch": position_epoch, "batch": position_batch,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ import torch
 from rainkit._version import __version__
 from rainkit.errors import RainkitError
 from rainkit.train.distributed import setup_processes
+from rainkit.train.runfiles import atomic_torch_save, git_commit
 from rainkit.hub import create_model
 from rainkit.hub.checkpoint import save_checkpoint
 from rainkit.losses.ssim import SSIMLoss
@@ -112,20 +112,6 @@ def load_segmenter(path: str | None) -> torch.nn.Module:
 
 def lr_at(config: TrainConfig, epoch: int) -> float:
     return config.lr * config.gamma ** sum(1 for m in config.milestones if epoch >= m)
-
-
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).resolve().parent).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def validate(model: torch.nn.Module, pairs: list[tuple[np.ndarray, np.ndarray]], device: torch.device) -> dict[str, float]:
@@ -219,7 +205,7 @@ def train_sapnet(
     def save(position_epoch: int, position_batch: int) -> None:
         if rank != 0:
             return
-        _atomic_torch_save({
+        atomic_torch_save({
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": position_epoch,
             "batch": position_batch, "global_step": global_step, "history": json.dumps(history),
             "best": json.dumps(best) if best else "", "config": json.dumps(config.to_dict()),
@@ -317,7 +303,7 @@ def _save_best(model, arch: str, model_kwargs: dict, config: TrainConfig, record
         "scores": {k: record[k] for k in ("psnr_y", "ssim_y") if k in record},
         "loss_weights": config.to_dict()["loss"],
         "config": config.to_dict(),
-        "commit": _git_commit(),
+        "commit": git_commit(),
         "rainkit_version": __version__,
     }
     tmp = out_dir / ".best.json.tmp"
