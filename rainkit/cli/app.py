@@ -21,6 +21,16 @@ console = Console(stderr=True)
 out = Console()  # stdout, for machine-readable output
 
 
+def emit_text(destination: str, text: str) -> None:
+    """Write a report to a file atomically, or to stdout when the destination is '-'."""
+    if destination == "-":
+        print(text, end="")
+    else:
+        from rainkit.data.images import atomic_write_bytes
+
+        atomic_write_bytes(destination, text.encode())
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"rainkit {__version__}")

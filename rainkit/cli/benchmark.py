@@ -8,7 +8,7 @@ from typing import List, Optional, Tuple
 import typer
 from typer.core import TyperCommand
 
-from rainkit.cli.app import app, console, out
+from rainkit.cli.app import app, console, emit_text, out
 
 RAW_ARGS = "rainkit.benchmark.args"
 
@@ -54,7 +54,6 @@ def benchmark_command(
     from rainkit.benchmark import QUANTIZE_MODES, command_line_order, default_cache_path, model_specs, run_benchmark
     from rainkit.benchmark.report import json_text, plot_means, write_csv
     from rainkit.data.datasets import image_folder, paired_folders, resolve_dataset
-    from rainkit.data.images import atomic_write_bytes
     from rainkit.metrics import parse_metrics
 
     sources = [name for name, given in (("--dataset", dataset), ("--pairs", pairs and any(pairs)),
@@ -109,11 +108,7 @@ def benchmark_command(
              "data_root": data_root}
     _render(result)
     if json_out:
-        text = json_text(result, extra)
-        if json_out == "-":
-            print(text, end="")
-        else:
-            atomic_write_bytes(json_out, text.encode())
+        emit_text(json_out, json_text(result, extra))
     if csv_out:
         write_csv(result, csv_out)
     if plot:

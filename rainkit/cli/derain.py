@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from rainkit.cli.app import app, console
+from rainkit.cli.app import app, console, emit_text
 
 
 @app.command("derain")
@@ -33,7 +33,7 @@ def derain_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from rainkit.derain.batch import derain_paths
-    from rainkit.data.images import SAMPLE_RAINY_IMAGE, atomic_write_bytes
+    from rainkit.data.images import SAMPLE_RAINY_IMAGE
 
     inputs = list(inputs or [])
     if sample:
@@ -76,11 +76,7 @@ def derain_command(
                               sidecar=not no_sidecar, on_start=on_start, on_progress=on_progress, on_tile=on_tile)
     _render(result)
     if json_out:
-        text = json.dumps(result.to_json(), indent=2) + "\n"
-        if json_out == "-":
-            print(text, end="")
-        else:
-            atomic_write_bytes(json_out, text.encode())
+        emit_text(json_out, json.dumps(result.to_json(), indent=2) + "\n")
     return 0 if result.ok else 1
 
 

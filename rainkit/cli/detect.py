@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from rainkit.cli.app import app, console
+from rainkit.cli.app import app, console, emit_text
 
 
 @app.command("detect")
@@ -45,7 +45,6 @@ def detect_command(
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from rainkit.data.images import atomic_write_bytes
     from rainkit.detect.runner import run_detect
 
     if output is not None and output.exists() and not output.is_dir():
@@ -85,17 +84,9 @@ def detect_command(
     if json_out:
         import json
 
-        text = json.dumps(result.to_json(), indent=2) + "\n"
-        if json_out == "-":
-            print(text, end="")
-        else:
-            atomic_write_bytes(json_out, text.encode())
+        emit_text(json_out, json.dumps(result.to_json(), indent=2) + "\n")
     if csv_out:
-        text = result.to_csv()
-        if csv_out == "-":
-            print(text, end="")
-        else:
-            atomic_write_bytes(csv_out, text.encode())
+        emit_text(csv_out, result.to_csv())
     return 0 if result.ok else 1
 
 

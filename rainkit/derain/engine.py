@@ -68,6 +68,24 @@ def _available_memory_bytes(device: torch.device) -> int:
     return 8 << 30
 
 
+def tile_for_budget(height: int, width: int, tile: int | None, memory_budget: int | None, device: torch.device,
+                    bytes_per_pixel: int, margin: int) -> int:
+    """The user's tile, or the largest square tile whose working memory fits the budget (0 = whole image).
+
+    `margin` is the context each tile carries on a side (halo + blend). Without a given budget: half the
+    free GPU memory, or on the CPU 35% of available RAM capped at 1.2 GB (the process also holds the
+    image, the output and torch; 1.2 GB keeps a 12 MP photo under 2.5 GB resident)."""
+    if tile is not None:
+        return tile if 0 < tile < max(height, width) else 0
+    budget = memory_budget
+    if budget is None:
+        available = _available_memory_bytes(device)
+        budget = int(available * 0.5) if device.type == "cuda" else min(int(available * 0.35), 1200 << 20)
+    if height * width * bytes_per_pixel <= budget:
+        return 0
+    return max(64, int(math.sqrt(budget / bytes_per_pixel)) - 2 * margin)
+
+
 @dataclass
 class Derainer:
     """A ready-to-run deraining model. Build it with `load_derainer`."""
@@ -99,19 +117,8 @@ class Derainer:
 
     def choose_tile(self, height: int, width: int) -> int:
         """The tile size for an image: the user's, or the largest that fits the memory budget (0 = whole)."""
-        if self.tile is not None:
-            return self.tile if self.tile > 0 and self.tile < max(height, width) else 0
-        budget = self.memory_budget
-        if budget is None:
-            available = _available_memory_bytes(self.device)
-            # On the CPU keep well inside RAM (the process also holds the image, output and torch);
-            # 1.2 GB keeps a 12 MP photo under 2.5 GB resident.
-            budget = int(available * 0.5) if self.device.type == "cuda" else min(int(available * 0.35), 1200 << 20)
-        bpp = self._bytes_per_pixel()
-        if height * width * bpp <= budget:
-            return 0
-        side = int(math.sqrt(budget / bpp)) - 2 * (self.halo + self.blend)
-        return max(64, side)
+        return tile_for_budget(height, width, self.tile, self.memory_budget, self.device, self._bytes_per_pixel(),
+                               self.halo + self.blend)
 
     def _forward(self, x: torch.Tensor, pooled=None) -> torch.Tensor:
         precision = resolve_precision(self.precision_name, self.device)

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rainkit.derain.engine import _available_memory_bytes
+from rainkit.derain.engine import _available_memory_bytes, tile_for_budget
 from rainkit.derain.tiling import TileBox, _ramp, plan_tiles
 from rainkit.errors import RainkitError
 from rainkit.hub import load_model, resolve_device, resolve_precision
@@ -314,17 +314,9 @@ class Generator:
 
     def choose_tile(self, height: int, width: int) -> int:
         """The tile side for a padded image (0 = whole image)."""
-        if self.tile is not None:
-            return self.tile if 0 < self.tile < max(height, width) else 0
-        budget = self.memory_budget
-        if budget is None:
-            available = _available_memory_bytes(self.device)
-            budget = int(available * 0.5) if self.device.type == "cuda" else min(int(available * 0.35), 1200 << 20)
-        bpp = self._bytes_per_pixel()
-        if height * width * bpp <= budget:
-            return 0
-        side = int(math.sqrt(budget / bpp)) - 2 * (self.effective_halo + self.blend)
-        return max(64, side // ALIGN * ALIGN)
+        side = tile_for_budget(height, width, self.tile, self.memory_budget, self.device, self._bytes_per_pixel(),
+                               self.effective_halo + self.blend)
+        return side if self.tile is not None or side == 0 else side // ALIGN * ALIGN
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         precision = resolve_precision(self.precision_name, self.device)
