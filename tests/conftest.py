@@ -72,3 +72,25 @@ def rainy_like(height: int, width: int, seed: int = 0) -> np.ndarray:
     base = np.stack([0.5 + 0.3 * np.sin(xx / 17.0 + c) * np.cos(yy / 23.0 - c) for c in range(3)], axis=2)
     streaks = (rng.random((height, width)) > 0.995).astype(np.float32)
     return np.clip(base + 0.4 * streaks[:, :, None] + 0.02 * rng.standard_normal((height, width, 3)), 0, 1).astype(np.float32)
+
+
+def run_two_ranks(script: str, out_dir: Path, timeout: float = 180) -> list[str]:
+    """Run `script` (given `out_dir` as argv[1]) as ranks 0 and 1 of a gloo process group on loopback;
+    asserts both succeed and returns the DIGEST each printed."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+        procs.append(subprocess.Popen([sys.executable, "-c", script, str(out_dir)], env=env, cwd=REPO,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=timeout) for p in procs]
+    for proc, (out, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err[-2000:]
+    return [next(line.split()[1] for line in out.splitlines() if line.startswith("DIGEST")) for out, _ in outputs]

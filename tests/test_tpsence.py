@@ -6,9 +6,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,7 +15,7 @@ from rainkit.losses.tpsence import mean_pixel_agreement, sence_loss, sence_weigh
 from rainkit.models.tpsence import ResnetGenerator, init_weights, l2_normalize
 from rainkit.tpsence.config import TINY_OVERRIDES, load_tpsence_config
 from rainkit.tpsence.objective import TPSeNCE
-from tests.conftest import REPO, rainy_like
+from tests.conftest import rainy_like, run_two_ranks
 
 
 def _tiny(*extra):
@@ -345,12 +342,6 @@ def test_fp16_export_loads_into_fp32(tmp_path):
     assert np.abs(generator.generate(image) - reference).max() < 1e-2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 DDP_SCRIPT = """
 import sys
 from rainkit.tpsence.train import train_tpsence
@@ -361,17 +352,7 @@ print("DIGEST", _digest(result.model))
 
 
 def test_two_process_ddp_ranks_stay_in_sync(tmp_path):
-    port = _free_port()
-    procs = []
-    for rank in range(2):
-        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": str(port), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-        procs.append(subprocess.Popen([sys.executable, "-c", DDP_SCRIPT, str(tmp_path)], env=env, cwd=REPO,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    outputs = [p.communicate(timeout=180) for p in procs]
-    for proc, (out, err) in zip(procs, outputs):
-        assert proc.returncode == 0, err[-2000:]
-    digests = [next(line.split()[1] for line in out.splitlines() if line.startswith("DIGEST")) for out, _ in outputs]
+    digests = run_two_ranks(DDP_SCRIPT, tmp_path, timeout=180)
     assert digests[0] == digests[1]
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     assert state["global_step"] == 3 and (tmp_path / "generator.safetensors").is_file()

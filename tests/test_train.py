@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -19,7 +14,7 @@ from rainkit.errors import RainkitError
 from rainkit.train.config import apply_override, load_config
 from rainkit.train.data import PatchDataset, PatchSource
 from rainkit.train.sapnet import train_sapnet
-from tests.conftest import REPO, rainy_like
+from tests.conftest import rainy_like, run_two_ranks
 
 TINY = ["model.width=8", "model.stages=2", "model.dilations=1,2", "model.reduction=4", "loss.contrastive=0",
         "loss.lpips=0", "loss.segmentation=0", "patch=24", "batch=4", "patches_per_image=4", "device=cpu"]
@@ -94,12 +89,6 @@ def test_epochs_write_checkpoint_best_weights_card_and_curves(tmp_path):
     assert derainer.derain(rainy_like(20, 20)).shape == (20, 20, 3)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 DDP_SCRIPT = """
 import hashlib, sys
 import cv2
@@ -117,17 +106,7 @@ print("DIGEST", _digest(result.model))
 
 
 def test_two_process_ddp_ranks_stay_in_sync(tmp_path):
-    port = _free_port()
-    procs = []
-    for rank in range(2):
-        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": str(port), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-        procs.append(subprocess.Popen([sys.executable, "-c", DDP_SCRIPT, str(tmp_path)], env=env, cwd=REPO,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    outputs = [p.communicate(timeout=120) for p in procs]
-    for proc, (out, err) in zip(procs, outputs):
-        assert proc.returncode == 0, err[-2000:]
-    digests = [next(line.split()[1] for line in out.splitlines() if line.startswith("DIGEST")) for out, _ in outputs]
+    digests = run_two_ranks(DDP_SCRIPT, tmp_path, timeout=120)
     assert digests[0] == digests[1]
     assert (tmp_path / "last.pt").is_file()
     state = torch.load(tmp_path / "last.pt", weights_only=True)
