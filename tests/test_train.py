@@ -160,3 +160,50 @@ def test_train_command_end_to_end(tmp_path, monkeypatch):
     missing = ["train", "sapnet", "--data", str(folder), "--synthesize", "light", "--out", str(tmp_path / "r2"),
                "--device", "cpu", "--set", "model.width=8", "--set", "model.stages=2"]
     assert main(missing) == 1, "the VGG terms are on by default and their weights are absent: a clear stop"
+
+
+def test_validation_split_does_not_depend_on_how_the_folder_is_spelled(tmp_path, monkeypatch):
+    from rainkit.train.data import prepare_training_data
+
+    folder = tmp_path / "clean"
+    folder.mkdir()
+    for i in range(12):
+        cv2.imwrite(str(folder / f"img{i:02d}.png"), (rainy_like(48, 56, seed=i) * 255).astype(np.uint8))
+    splits = []
+    for spelled, cwd in ((str(folder), tmp_path), ("clean", tmp_path), ("../clean", folder)):
+        monkeypatch.chdir(cwd)
+        data = prepare_training_data(load_config(overrides=TINY + [f"data={spelled}", "synthesize=light",
+                                                                   "val_fraction=0.3"]))
+        splits.append([v[1].tobytes() for v in data.val_pairs])
+    assert splits[0] == splits[1] == splits[2] and splits[0]
+
+
+def test_a_preset_mix_rains_each_sample_with_one_of_its_presets():
+    from rainkit.errors import DatasetError
+
+    data = PatchDataset(_sources(), patch=24, patches_per_image=2, seed=0, synthesize_preset="light,heavy")
+    layers = [data.rain_for(np.random.default_rng(i)).layers for i in range(40)]
+    assert set(layers) == {1, 3} and 10 < layers.count(3) < 30, "light (1 layer) and heavy (3 layers) both drawn"
+    single = PatchDataset(_sources(), patch=24, patches_per_image=2, seed=0, synthesize_preset="light")
+    assert {single.rain_for(np.random.default_rng(i)).layers for i in range(10)} == {1}
+    with pytest.raises(DatasetError, match="unknown rain preset 'drizzle'"):
+        PatchDataset(_sources(), patch=24, patches_per_image=2, seed=0, synthesize_preset="light,drizzle")
+
+
+def test_init_fine_tunes_from_given_weights_and_records_them(tmp_path):
+    first = _config(tmp_path / "a", "max_steps=2", "epochs=1")
+    trained = train_sapnet(first, _dataset(first), [])
+    start = tmp_path / "start.safetensors"
+    from rainkit.hub.checkpoint import save_checkpoint
+
+    save_checkpoint(start, trained.model, "sapnet", {"width": 8, "stages": 2, "dilations": [1, 2], "reduction": 4})
+    frozen = _config(tmp_path / "b", "epochs=1", "lr=0", f"init={start}")
+    tuned = train_sapnet(frozen, _dataset(frozen), [])
+    assert _digest(tuned.model) == _digest(trained.model), "with lr 0 the fine-tuned net is exactly its start"
+    card = json.loads((tmp_path / "b" / "best.json").read_text())
+    from rainkit.hub.weights import sha256_file
+
+    assert card["init"] == {"weights": str(start), "sha256": sha256_file(start)}
+    other = _config(tmp_path / "c", "max_steps=1", "epochs=1", "model.width=12", f"init={start}")
+    with pytest.raises(RainkitError, match="does not fit RecurrentDerainNet .shape mismatch"):
+        train_sapnet(other, _dataset(other), [])

@@ -19,8 +19,10 @@ app.add_typer(train_app, name="train")
 def train_sapnet_command(
     data: List[str] = typer.Option([], "--data", help="Training folder: paired (any layout `rainkit benchmark` reads), "
                                    "or clean images with --synthesize. Repeat for several folders."),
-    synthesize: Optional[str] = typer.Option(None, "--synthesize", help="Rain preset (light, heavy, storm) to make "
-                                             "pairs from clean images on the fly."),
+    synthesize: Optional[str] = typer.Option(None, "--synthesize", help="Rain preset (light, heavy, storm), or a "
+                                             "mix such as light,heavy, to make pairs from clean images on the fly."),
+    init: Optional[str] = typer.Option(None, "--init", help="Fine-tune: start from these weights (registered name or "
+                                       "file) with a fresh optimiser and schedule."),
     val: Optional[str] = typer.Option(None, "--val", help="Paired validation folder (default: a 5% split of --data)."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Run folder for checkpoints, log and curves (default runs/sapnet)."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="JSON or TOML file of settings."),
@@ -47,7 +49,7 @@ def train_sapnet_command(
         raise typer.BadParameter(f"unknown network '{arch}' (sapnet or prenet)", param_hint="--arch")
     direct = {"data": list(data) or None, "synthesize": synthesize, "val": val, "out": out, "epochs": epochs,
               "batch": batch, "lr": lr, "seed": seed, "device": device, "vgg_weights": vgg_weights,
-              "lpips_weights": lpips_weights}
+              "lpips_weights": lpips_weights, "init": init}
     config = load_config(config_file, overrides, **direct)
     rank = int(os.environ.get("RANK", "0"))
     prepared = prepare_training_data(config)

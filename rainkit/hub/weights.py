@@ -109,6 +109,10 @@ def candidate_paths(entry: WeightsEntry) -> list[Path]:
     paths = []
     for folder in search_dirs():
         paths.append(folder / entry.filename)
+        if entry.url:  # the file as downloaded by hand keeps its upstream name
+            upstream = entry.url.rsplit("/", 1)[-1]
+            if upstream and upstream != entry.filename:
+                paths.append(folder / upstream)
         paths.extend(folder / rel for rel in entry.mirror_paths)
     return paths
 

@@ -223,7 +223,7 @@ def train_tpsence(
 
     torch.manual_seed(config.seed)
     model = TPSeNCE(config).to(device)
-    use_amp = bool(config.amp and device.type == "cuda")
+    use_amp = bool((config.amp and device.type == "cuda") or (config.cpu_bf16 and device.type == "cpu"))
     betas = (config.beta1, config.beta2)
     opt_g = torch.optim.Adam(model.generator.parameters(), lr=config.lr, betas=betas)
     opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=config.lr, betas=betas)

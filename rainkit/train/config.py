@@ -32,7 +32,8 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     data: list[str] = field(default_factory=list)  # paired folders, or folders of clean images with `synthesize`
-    synthesize: str | None = None  # rain preset to make pairs on the fly from clean images
+    synthesize: str | None = None  # rain preset (or a mix: light,heavy) to make pairs on the fly from clean images
+    init: str | None = None  # start from these weights (registered name or file) with a fresh optimiser: fine-tuning
     val: str | None = None  # paired validation folder; default: a split of `data`
     val_fraction: float = 0.05
     val_max_side: int = 320  # centre-crop validation images to this size to keep epochs short on CPUs

@@ -16,7 +16,7 @@ import torch
 
 from rainkit.data.images import IMAGE_SUFFIXES, read_image
 from rainkit.errors import DatasetError
-from rainkit.synth.physics import REFERENCE_SIDE, RainParams, add_rain, rain_params
+from rainkit.synth.physics import PRESETS, REFERENCE_SIDE, RainParams, add_rain, rain_params
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -51,24 +51,28 @@ class PatchDataset:
         self.patch = patch
         self.per_image = patches_per_image
         self.seed = seed
-        self.preset = synthesize_preset
-        if synthesize_preset is not None:
-            rain_params(synthesize_preset)  # an unknown preset fails here, not mid-epoch
+        self.presets = parse_presets(synthesize_preset)
         if not 0.0 <= intensity[0] <= intensity[1] <= 1.0:
             raise DatasetError(f"rain intensity range must lie within 0..1 and be ordered, got {intensity}")
         self.intensity = intensity
         self.jitter = jitter
 
     def rain_for(self, rng: np.random.Generator) -> RainParams:
-        """The sample's rain: the preset at an intensity drawn from the range; with `jitter` > 0 the
-        streak angle, length and width vary too, so one run covers the spread of real light rain."""
-        params = rain_params(self.preset, float(rng.uniform(*self.intensity)))
+        """The sample's rain: a preset of the mix at an intensity drawn from the range; with `jitter` > 0
+        the streak angle, length and width vary too, so one run covers the spread of real rain."""
+        # A single preset draws nothing here, so its runs keep the random stream they always had.
+        preset = self.presets[int(rng.integers(len(self.presets)))] if len(self.presets) > 1 else self.presets[0]
+        params = rain_params(preset, float(rng.uniform(*self.intensity)))
         if self.jitter <= 0:
             return params
         j = self.jitter
-        return replace(params, angle=params.angle + float(rng.uniform(-20, 20)) * j,
-                       length=params.length * float(np.exp(rng.uniform(-0.4, 0.8) * j)),
-                       width=params.width * float(np.exp(rng.uniform(-0.2, 0.5) * j)))
+        angle = params.angle + float(rng.uniform(-20, 20)) * j
+        length = params.length * float(np.exp(rng.uniform(-0.4, 0.8) * j))
+        width = params.width * float(np.exp(rng.uniform(-0.2, 0.5) * j))
+        # Faint streaks too: Rain100L-style rain is many dim streaks (mean rise ~0.12 over ~15% of the
+        # pixels), which a model trained only on the presets' bright streaks leaves behind.
+        brightness = min(1.0, params.brightness * float(np.exp(rng.uniform(-1.2, 0.2) * j)))
+        return replace(params, angle=angle, length=length, width=width, brightness=brightness)
 
     def __len__(self) -> int:
         return len(self.sources) * self.per_image
@@ -104,6 +108,20 @@ class PatchDataset:
         rainy = torch.from_numpy(np.stack([p[0] for p in pairs]).transpose(0, 3, 1, 2).copy())
         clean = torch.from_numpy(np.stack([p[1] for p in pairs]).transpose(0, 3, 1, 2).copy())
         return rainy, clean
+
+
+def parse_presets(spec: str | None) -> list[str]:
+    """`light`, or a mix such as `light,heavy` (each sample picks one uniformly; repeat a name to
+    weight it, e.g. `light,light,heavy`). Unknown names fail here, not mid-epoch."""
+    if spec is None:
+        return []
+    presets = [part.strip() for part in spec.split(",") if part.strip()]
+    if not presets:
+        raise DatasetError(f"no rain preset in '{spec}'")
+    for preset in presets:
+        if preset not in PRESETS:
+            raise DatasetError(f"unknown rain preset '{preset}' (use {', '.join(PRESETS)}, or a comma-separated mix)")
+    return presets
 
 
 def _to_u8(path: Path) -> np.ndarray:
@@ -172,8 +190,11 @@ def prepare_training_data(config) -> TrainingData:
     if not folders:
         raise DatasetError("no training data: give --data FOLDER (paired, or clean images with --synthesize PRESET)")
     listed: list[tuple[Path | None, Path]] = []
+    split_key: dict[Path, str] = {}  # the split hashes names within each folder, so it is the same from any cwd
     for folder in folders:
-        listed += _training_pairs(folder, config.synthesize)
+        for pair in _training_pairs(folder, config.synthesize):
+            listed.append(pair)
+            split_key[pair[1]] = f"{folder.resolve().name}/{pair[1].relative_to(folder).as_posix()}"
     if config.val:
         from rainkit.data.datasets import resolve_dataset
 
@@ -181,7 +202,7 @@ def prepare_training_data(config) -> TrainingData:
         val_listed = [(p.rainy, p.clean) for p in val_set.pairs]
         train_listed = listed
     else:
-        val_listed = [pair for pair in listed if _split_is_val(str(pair[1]), config.seed, config.val_fraction)]
+        val_listed = [pair for pair in listed if _split_is_val(split_key[pair[1]], config.seed, config.val_fraction)]
         train_listed = [pair for pair in listed if pair not in val_listed]
         if not train_listed:
             raise DatasetError("the validation split left no training images: lower val_fraction or give --val")

@@ -181,6 +181,15 @@ def train_sapnet(
     if arch == "prenet":
         model_kwargs = {"width": config.model.width, "stages": config.model.stages, "blocks": len(config.model.dilations)}
     model = create_model(arch, **model_kwargs).to(device)
+    init_sha256 = None
+    if config.init:  # fine-tuning: verified weights in, fresh optimiser and schedule (a resume restores both)
+        from rainkit.hub.checkpoint import load_state_dict_strict, read_state_dict
+        from rainkit.hub.weights import resolve_weights
+
+        resolved = resolve_weights(config.init)
+        init_sha256 = resolved.sha256
+        if not resume:
+            load_state_dict_strict(model, read_state_dict(resolved.path), source=resolved.path)
     use_amp = (config.amp and device.type == "cuda") or (config.cpu_bf16 and device.type == "cpu")
     if use_amp:
         model = model.to(memory_format=torch.channels_last)
@@ -262,10 +271,10 @@ def train_sapnet(
                 record.update(validate(model, val_pairs, device))
                 if best is None or record["psnr_y"] > best["psnr_y"]:
                     best = dict(record)
-                    _save_best(model, arch, model_kwargs, config, record, out_dir, data_description)
+                    _save_best(model, arch, model_kwargs, config, record, out_dir, data_description, init_sha256)
             elif rank == 0 and not val_pairs:
                 best = dict(record)
-                _save_best(model, arch, model_kwargs, config, record, out_dir, data_description)
+                _save_best(model, arch, model_kwargs, config, record, out_dir, data_description, init_sha256)
             history.append(record)
             epoch, start_batch = epoch + 1, 0
             position = (epoch, 0)
@@ -287,7 +296,7 @@ def train_sapnet(
 
 
 def _save_best(model, arch: str, model_kwargs: dict, config: TrainConfig, record: dict, out_dir: Path,
-               data_description: dict | None) -> None:
+               data_description: dict | None, init_sha256: str | None = None) -> None:
     save_checkpoint(out_dir / BEST, model, arch, model_kwargs)
     from rainkit.hub.weights import sha256_file
 
@@ -297,6 +306,7 @@ def _save_best(model, arch: str, model_kwargs: dict, config: TrainConfig, record
         "sha256": sha256_file(out_dir / BEST),
         "data": data_description or {"folders": config.data, "synthesize": config.synthesize},
         "validation": config.val or f"{config.val_fraction:.0%} of the data",
+        "init": {"weights": config.init, "sha256": init_sha256} if config.init else None,
         "command": " ".join(sys.argv),
         "epoch": record["epoch"],
         "step": record["step"],
