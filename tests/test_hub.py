@@ -123,6 +123,15 @@ def test_hash_mismatch_is_an_error(tmp_path, monkeypatch):
         weights_mod.resolve_weights(entry.name)
 
 
+def test_a_file_kept_under_its_upstream_name_is_found(tmp_path, monkeypatch):
+    entry = _temp_entry(monkeypatch, tmp_path, b"upstream weights", "https://example.invalid/dl/net_v1.pth")
+    folder = tmp_path / "search"
+    folder.mkdir()
+    (folder / "net_v1.pth").write_bytes(b"upstream weights")
+    monkeypatch.setenv("RAINKIT_WEIGHTS_PATH", str(folder))
+    assert weights_mod.resolve_weights(entry.name).path == folder / "net_v1.pth"
+
+
 def test_missing_weights_say_how_to_get_them(monkeypatch, tmp_path):
     entry = _temp_entry(monkeypatch, tmp_path, b"x", "https://example.invalid/w.pth")
     with pytest.raises(WeightsError, match=r"rainkit weights fetch prenet\.testonly.*https://example\.invalid/w\.pth"):

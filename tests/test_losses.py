@@ -78,3 +78,19 @@ def test_missing_backbone_weights_fail_with_what_to_do(tmp_path, monkeypatch):
         load_vgg16_features(None)
     with pytest.raises(WeightsError, match="--lpips-weights.*loss.lpips=0"):
         load_lpips_linear(None)
+
+
+def test_l1_term_moves_parameters_and_sees_the_tone_shift_ssim_misses():
+    from rainkit.train.config import load_config
+    from rainkit.train.sapnet import build_loss_terms
+
+    config = load_config(overrides=["loss.contrastive=0", "loss.lpips=0", "loss.segmentation=0", "loss.l1=1"])
+    terms = build_loss_terms(config, torch.device("cpu"))
+    assert set(terms) == {"ssim", "l1"}
+    weight, l1 = terms["l1"]
+    _moves_derain_params(l1)
+    clean = torch.rand(1, 3, 48, 48) * 0.5 + 0.25
+    shifted = clean - 0.025  # a uniform darkening, as a veil wrongly removed
+    ssim_cost = 1 - float(ssim(shifted, clean))
+    l1_cost = float(l1(shifted, clean, clean))
+    assert ssim_cost < 0.005 and l1_cost == pytest.approx(0.025, abs=1e-6), (ssim_cost, l1_cost)

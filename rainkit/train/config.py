@@ -19,6 +19,9 @@ class LossWeights:
     contrastive: float = 0.1  # VGG-16 perceptual contrastive loss
     lpips: float = 0.1
     segmentation: float = 0.1  # background segmentation focal loss
+    # Not in the paper (0 keeps its objective): L1 to the clean image. SSIM barely sees a uniform shift
+    # of brightness (0.025 on mid-grey costs 0.001), so SSIM-only training can drift in tone and lose PSNR.
+    l1: float = 0.0
 
 
 @dataclass

@@ -60,6 +60,8 @@ def build_loss_terms(config: TrainConfig, device: torch.device) -> dict[str, tup
     if weights.ssim:
         ssim_loss = SSIMLoss()
         terms["ssim"] = (weights.ssim, lambda out, clean, rainy: ssim_loss(out, clean))
+    if weights.l1:
+        terms["l1"] = (weights.l1, lambda out, clean, rainy: torch.nn.functional.l1_loss(out.float(), clean.float()))
     if weights.contrastive or weights.lpips:
         trunk = load_vgg16_features(config.vgg_weights)
         if weights.contrastive:
