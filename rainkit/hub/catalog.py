@@ -48,11 +48,11 @@ register_weights(WeightsEntry(
 register_weights(WeightsEntry(
     name="sapnet.rainkit",
     filename="sapnet-rainkit.safetensors",
-    sha256="d5ddd239ad6e33eed0fcbe7c3717540b61dd02509a839f39c9d8c195c55c30e6",
+    sha256="df6752cd8c2e19a42dbe06c3c48b43e5cec7772a705cb02fefdbd2abb8970763",
     url=None,
     license="MIT",
-    provenance="trained by rainkit on physics light rain (intensity 0.1-0.8, jittered streaks) synthesised over "
-               "coco128 and CamVid/web clear photos, no Rain100 image; best of 7 epochs (epoch 6, 732 steps of 12 "
-               "patches), SSIM loss; see weights/README.md",
+    provenance="trained by rainkit on physics rain synthesised over coco128 and CamVid/web clear photos (no Rain100 "
+               "image): 7 epochs light rain (SSIM), then 4.4 epochs of a 2:1 light/heavy mix with faint streaks "
+               "(SSIM), then 4 epochs of that mix with SSIM + L1; see weights/README.md",
     default_for="sapnet",
 ))
