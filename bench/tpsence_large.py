@@ -13,9 +13,10 @@ pixels across the seams vs across all other rows/columns of the tiled output (a 
 larger step there than elsewhere).
 
     python bench/tpsence_large.py [--weights tpsence.rain | PATH] [--size 4000x3000] [--image PATH]
+                                  [--ngf 64] [--blocks 9]
 
-Without --weights the generator has fixed random weights of the full paper size (ngf 64, 9 blocks):
-memory and seams do not depend on training.
+Without --weights the generator has fixed random weights, by default of the full paper size (ngf 64,
+9 blocks; `--ngf/--blocks` for others): memory and seams do not depend on training.
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ def main() -> None:
     parser.add_argument("--weights", help="generator weights (registered name or file); default: random ngf 64")
     parser.add_argument("--size", default="4000x3000", help="WIDTHxHEIGHT")
     parser.add_argument("--image", default=str(DEFAULT_IMAGE), help="photo resized to --size (else random pixels)")
+    parser.add_argument("--ngf", type=int, default=64, help="width of the random generator (without --weights)")
+    parser.add_argument("--blocks", type=int, default=9, help="residual blocks of the random generator")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -107,7 +110,7 @@ def main() -> None:
         weights = args.weights
         if weights is None:
             torch.manual_seed(0)
-            kwargs = {"ngf": 64, "n_blocks": 9}
+            kwargs = {"ngf": args.ngf, "n_blocks": args.blocks}
             weights = str(save_checkpoint(Path(tmp) / "g.safetensors", init_weights(ResnetGenerator(**kwargs), 0.02),
                                           "tpsence", kwargs))
         results = {}
