@@ -7,6 +7,7 @@ fixed random weights, saved once in rainkit's format: speed does not depend on t
                  reflect-padded to a multiple of 4
   rainkit        load_generator(...).generate(): whole image (padded to a multiple of 4), inference mode
   rainkit-tiled  the same with --tile (two-pass tiling with whole-image instance-norm statistics)
+  rainkit-bf16   the whole image with `--precision bf16` (autocast; on CPUs with bf16 units), not bit-exact
 
 Prints seconds per image, the ratio to eager, and the largest absolute difference of the [0, 1]
 output from eager's.
@@ -58,7 +59,8 @@ def worker(args) -> None:
 
     image = _image(args)
     tile = args.tile if args.variant == "rainkit-tiled" else 0
-    generator = load_generator(args.weights, args.device, tile=tile)
+    precision = "bf16" if args.variant == "rainkit-bf16" else "fp32"
+    generator = load_generator(args.weights, args.device, precision, tile=tile)
     device = generator.device
     if args.variant == "eager":
         model = generator.model.to(memory_format=torch.contiguous_format)
@@ -117,7 +119,7 @@ def main() -> None:
         weights = save_checkpoint(Path(tmp) / "g.safetensors", init_weights(ResnetGenerator(**kwargs), 0.02),
                                   "tpsence", kwargs)
         results = {}
-        for variant in ("eager", "rainkit", "rainkit-tiled"):
+        for variant in ("eager", "rainkit", "rainkit-tiled", "rainkit-bf16"):
             output = Path(tmp) / f"{variant}.npy"
             cmd = [sys.executable, __file__, "--variant", variant, "--weights", str(weights), "--output", str(output),
                    "--image", args.image, "--size", args.size, "--tile", str(args.tile), "--repeats",
