@@ -23,17 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("RAINKIT_SHARED", REPO.parent / "shared"))
-DEFAULT_IMAGE = SHARED / "data/weather/clear/camvid_segnet/0016E5_02250.jpg"
+from _tpsence_bench import DEFAULT_IMAGE, random_generator, run_variant
 
 
 def _image(path: str, size: str):
@@ -106,26 +101,13 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from rainkit.hub.checkpoint import save_checkpoint
-    from rainkit.models.tpsence import ResnetGenerator, init_weights
-
     with tempfile.TemporaryDirectory() as tmp:
-        weights = args.weights
-        if weights is None:
-            torch.manual_seed(0)
-            kwargs = {"ngf": args.ngf, "n_blocks": args.blocks}
-            weights = str(save_checkpoint(Path(tmp) / "g.safetensors", init_weights(ResnetGenerator(**kwargs), 0.02),
-                                          "tpsence", kwargs))
+        weights = args.weights or random_generator(Path(tmp), args.ngf, args.blocks)
         results = {}
         for variant in ("rainkit",) if args.no_whole else ("rainkit", "whole"):
             output = Path(tmp) / f"{variant}.npy"
-            cmd = [sys.executable, __file__, "--variant", variant, "--weights", weights, "--output", str(output),
-                   "--image", args.image, "--size", args.size]
-            done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
-                                  env={**os.environ, "PYTHONPATH": str(REPO)})
-            if done.returncode:
-                sys.exit(f"{variant} failed:\n{done.stderr[-3000:]}")
-            results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
+            results[variant] = run_variant(__file__, variant, ["--weights", weights, "--output", str(output),
+                                                               "--image", args.image, "--size", args.size])
             results[variant]["out"] = np.load(output, mmap_mode="r")
         tiled = results["rainkit"]["out"]
         whole = results["whole"]["out"] if "whole" in results else None

@@ -20,16 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("RAINKIT_SHARED", REPO.parent / "shared"))
-DEFAULT_IMAGE = SHARED / "data/weather/clear/camvid_segnet/0016E5_02250.jpg"
+from _tpsence_bench import DEFAULT_IMAGE, random_generator, run_variant
 
 
 def _image(args):
@@ -110,25 +105,15 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from rainkit.hub.checkpoint import save_checkpoint
-    from rainkit.models.tpsence import ResnetGenerator, init_weights
-
     with tempfile.TemporaryDirectory() as tmp:
-        torch.manual_seed(0)
-        kwargs = {"ngf": args.ngf, "n_blocks": args.blocks}
-        weights = save_checkpoint(Path(tmp) / "g.safetensors", init_weights(ResnetGenerator(**kwargs), 0.02),
-                                  "tpsence", kwargs)
+        weights = random_generator(Path(tmp), args.ngf, args.blocks)
         results = {}
         for variant in ("eager", "rainkit", "rainkit-tiled", "rainkit-bf16"):
             output = Path(tmp) / f"{variant}.npy"
-            cmd = [sys.executable, __file__, "--variant", variant, "--weights", str(weights), "--output", str(output),
-                   "--image", args.image, "--size", args.size, "--tile", str(args.tile), "--repeats",
-                   str(args.repeats), "--device", args.device]
-            done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
-                                  env={**os.environ, "PYTHONPATH": str(REPO)})
-            if done.returncode:
-                sys.exit(f"{variant} failed:\n{done.stderr[-3000:]}")
-            results[variant] = (json.loads(done.stdout.strip().splitlines()[-1]), np.load(output))
+            info = run_variant(__file__, variant, ["--weights", weights, "--output", str(output), "--image", args.image,
+                                                   "--size", args.size, "--tile", str(args.tile), "--repeats",
+                                                   str(args.repeats), "--device", args.device])
+            results[variant] = (info, np.load(output))
         base = results["eager"][0]["seconds"]
         print(f"TPSeNCE generator ngf={args.ngf} blocks={args.blocks}, {args.size} image, device {args.device}, "
               f"threads {torch.get_num_threads()}")
