@@ -207,6 +207,28 @@ def test_generate_tpsence_native_resolution_reproducible_and_recorded(tiny_gener
     assert main(["generate", str(src), str(tmp_path / "one"), "--seed", "3"]) == 1
 
 
+def test_work_width_adds_weather_made_at_that_width_to_the_full_resolution_photo(tiny_generator_file, tmp_path):
+    from rainkit.tpsence.generate import load_generator
+
+    rgb = cv2.cvtColor(cv2.imread(str(_photo(tmp_path, h=60, w=80))), cv2.COLOR_BGR2RGB).astype(np.float32) / 255
+    native = load_generator(tiny_generator_file)
+    scaled = load_generator(tiny_generator_file, work_width=40)
+    out = scaled.generate(rgb)
+    assert out.shape == rgb.shape and out.dtype == np.float32
+    # exactly: the photo plus the generator's change at 40x30, resized back
+    small = cv2.resize(rgb, (40, 30), interpolation=cv2.INTER_AREA)
+    change = cv2.resize(native.generate(small) - small, (80, 60), interpolation=cv2.INTER_LINEAR)
+    assert np.allclose(out, np.clip(rgb + change, 0, 1), atol=1e-6)
+    assert not np.allclose(out, native.generate(rgb), atol=1e-3)
+    # a work width at or above the image's width is the native pass
+    assert np.array_equal(load_generator(tiny_generator_file, work_width=80).generate(rgb), native.generate(rgb))
+    src = tmp_path / "a.png"
+    common = ["--method", "tpsence", "--weights", str(tiny_generator_file), "--device", "cpu"]
+    assert main(["generate", str(src), str(tmp_path / "w"), *common, "--work-width", "40"]) == 0
+    assert json.loads((tmp_path / "w" / "rainkit-generate.json").read_text())["work_width"] == 40
+    assert cv2.imread(str(tmp_path / "w" / "a.png")).shape == (60, 80, 3)
+
+
 def test_registered_domain_weights_are_used_by_tpsence_and_auto(tiny_generator_file, tmp_path, monkeypatch, capsys):
     """Registering `tpsence.<domain>` is all it takes: no other code knows the names."""
     from rainkit.hub import weights as registry

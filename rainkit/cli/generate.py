@@ -13,9 +13,10 @@ from rainkit.cli.app import app, console
 @app.command("generate")
 def generate_command(
     paths: List[str] = typer.Argument(..., help="Input files, folders or globs, then the output folder last."),
-    method: str = typer.Option("physics", "--method", help="physics; tpsence (learned generator: the domain's "
-                               "registered weights or --weights); auto (tpsence when weights for the domain exist, "
-                               "else physics)."),
+    method: Optional[str] = typer.Option(None, "--method", help="physics; tpsence (learned generator: the domain's "
+                                         "registered weights or --weights); auto (tpsence when weights for the domain "
+                                         "exist, else physics). Default: auto, or physics when --preset or "
+                                         "--intensity is given."),
     domain: str = typer.Option("rain", "--domain", "-d", help="rain, snow, fog or night."),
     preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Physics rain preset: light (default), heavy or storm."),
     intensity: Optional[float] = typer.Option(None, "--intensity", help="Physics: 0..1; for rain 0.5 is the preset as is."),
@@ -27,6 +28,9 @@ def generate_command(
     precision: str = typer.Option("fp32", "--precision", help="tpsence: fp32, fp16 (CUDA) or bf16."),
     tile: Optional[int] = typer.Option(None, "--tile", min=0, help="tpsence: tile size in pixels (seam-free); "
                                        "0 = whole image; default: automatic from free memory."),
+    work_width: int = typer.Option(0, "--work-width", min=0, help="tpsence: make the weather with the image scaled to "
+                                   "this width and add it back at full resolution (e.g. the width the generator was "
+                                   "trained at); 0 = run on the image as is."),
     pairs: bool = typer.Option(False, "--pairs", help="Also write the clean inputs: OUT/rain/ + OUT/norain/ (train/benchmark layout)."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into sub-folders."),
     fmt: str = typer.Option("png", "--format", "-f", help="png, jpg, webp or tif."),
@@ -44,12 +48,18 @@ def generate_command(
     *inputs, output = paths
     if Path(output).exists() and not Path(output).is_dir():
         raise typer.BadParameter(f"{output} exists and is not a folder; the output folder comes last", param_hint="PATHS")
+    if method is None:
+        method = "physics" if (preset is not None or intensity is not None) and not weights else "auto"
     settings = GenerateSettings(method=method, domain=domain, preset=preset or "light", intensity=intensity, seed=seed,
-                                weights=weights, device=device, precision=precision, tile=tile)
+                                weights=weights, device=device, precision=precision, tile=tile,
+                                work_width=work_width)
     settings.validate()
     choice = choose_method(method, domain, weights)
     if method == "auto" or choice.method != "physics":
         console.print(f"method: {choice.method} — {escape(choice.reason)}", highlight=False, soft_wrap=True)
+    if choice.method == "physics" and work_width:
+        console.print("[yellow]note:[/yellow] --work-width applies to the learned generator only; ignored",
+                      highlight=False, soft_wrap=True)
     if choice.method != "physics" and (preset is not None or intensity is not None):
         console.print("[yellow]note:[/yellow] --preset and --intensity apply to the physics method only; ignored",
                       highlight=False, soft_wrap=True)
@@ -84,7 +94,9 @@ def generate_command(
                                 overwrite=overwrite, on_start=on_start, on_progress=on_progress, on_tile=on_tile)
     record = result.settings
     used = (f"tpsence, weights {escape(str(record.get('weights')))} (sha256 {str(record.get('weights_sha256'))[:12]}), "
-            f"{record.get('device')} {record.get('precision')}" if record.get("method") == "tpsence" else "physics")
+            f"{record.get('device')} {record.get('precision')}"
+            + (f", weather made at {record['work_width']} px wide" if record.get("work_width") else "")
+            if record.get("method") == "tpsence" else "physics")
     console.print(f"{result.count('done')} done, {result.count('skipped')} skipped, {result.count('failed')} failed "
                   f"into {escape(str(output))} ({megapixels_per_second(result):.1f} MP/s, seed {seed}; {used})",
                   highlight=False, soft_wrap=True)

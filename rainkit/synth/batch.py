@@ -40,6 +40,7 @@ class GenerateSettings:
     device: str = "auto"  # tpsence
     precision: str = "fp32"  # tpsence
     tile: int | None = None  # tpsence: None = automatic, 0 = whole image
+    work_width: int = 0  # tpsence: 0 = native resolution; W = make the weather at W px wide (rainkit.tpsence.generate)
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -52,6 +53,8 @@ class GenerateSettings:
             raise RainkitError(f"--intensity must be within 0..1, got {self.intensity}")
         if self.tile is not None and self.tile < 0:
             raise RainkitError(f"--tile must be 0 (whole image) or a positive size, got {self.tile}")
+        if self.work_width < 0:
+            raise RainkitError(f"--work-width must be 0 (native resolution) or a positive width, got {self.work_width}")
 
 
 @dataclass(frozen=True)
@@ -152,12 +155,14 @@ def generate_paths(
     else:
         from rainkit.tpsence.generate import load_generator
 
-        generator = load_generator(settings.weights, settings.device, settings.precision, tile=settings.tile)
+        generator = load_generator(settings.weights, settings.device, settings.precision, tile=settings.tile,
+                                   work_width=settings.work_width)
         described = generator.describe()
         record = {"rainkit_version": __version__, "method": "tpsence", "domain": settings.domain,
                   "seed": settings.seed, "pairs": pairs, "model": described["model"],
                   "weights": described["weights"], "weights_sha256": described["weights_sha256"],
                   "precision": described["precision"], "device": described["device"],
+                  "work_width": described["work_width"],
                   "tile": settings.tile if settings.tile is not None else "auto"}
     record_path = output / RECORD_NAME
     if record_path.exists() and not overwrite:

@@ -32,6 +32,12 @@ measured 2.55x the whole-image eager forward for a 640x480 image in four 320x240
 93-px halos alone make the tiles' inputs 1.8x the image.
 
 The tile boxes and the optional blend ramps (`blend` > 0) are those of `rainkit.derain.tiling`.
+
+Working width (`work_width`, opt-in): a generator trained on photos scaled to ~256 px wide paints
+weather at that scale; on a 4000 px photo its streaks and its view of the scene are 16x too small.
+With `work_width` W the generator runs on the image scaled to W px wide and its *change* (output
+minus scaled input) is resized back and added to the untouched full-resolution photo, so the output
+keeps the input's resolution and detail and gets weather at the scale the generator learnt.
 """
 
 from __future__ import annotations
@@ -301,6 +307,7 @@ class Generator:
     weights_path: Path | None = None
     weights_sha256: str | None = None
     weights_name: str | None = None
+    work_width: int = 0  # 0: run at native resolution; W: run at W px wide and add the change back (module doc)
     last_tile: int = field(default=0, init=False)
 
     @property
@@ -349,27 +356,44 @@ class Generator:
         return ((out[:, :, :height, :width] + 1.0) * 0.5).clamp_(0.0, 1.0)
 
     def generate(self, rgb: np.ndarray, on_tile: Callable[[int, int], None] | None = None) -> np.ndarray:
-        """H x W x 3 float32 RGB in [0, 1] -> the generated rainy image, H x W x 3 float32 in [0, 1]."""
+        """H x W x 3 float32 RGB in [0, 1] -> the generated rainy image, H x W x 3 float32 in [0, 1].
+
+        With `work_width` smaller than the image's width, the weather is made at that width and
+        added back at full resolution (module doc); otherwise the generator runs on the image as is."""
         if rgb.ndim != 3 or rgb.shape[2] != 3:
             raise RainkitError(f"expected an H x W x 3 RGB array, got shape {rgb.shape}")
+        height, width = rgb.shape[:2]
+        if not self.work_width or width <= self.work_width:
+            return self._generate_native(rgb, on_tile)
+        import cv2
+
+        small_size = (self.work_width, max(1, round(height * self.work_width / width)))
+        small = cv2.resize(rgb.astype(np.float32), small_size, interpolation=cv2.INTER_AREA)
+        change = self._generate_native(small, on_tile) - small
+        change = cv2.resize(change, (width, height), interpolation=cv2.INTER_LINEAR)
+        return np.clip(rgb + change, 0.0, 1.0)
+
+    def _generate_native(self, rgb: np.ndarray, on_tile: Callable[[int, int], None] | None) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32))[None]
         return self.generate_tensor(x, on_tile)[0].numpy().transpose(1, 2, 0)
 
     def describe(self) -> dict:
         weights = self.weights_name or (str(self.weights_path) if self.weights_path else None)
-        return {"model": "tpsence", "weights": weights,
-                "weights_sha256": self.weights_sha256, "device": str(self.device), "precision": self.precision_name}
+        return {"model": "tpsence", "weights": weights, "weights_sha256": self.weights_sha256,
+                "device": str(self.device), "precision": self.precision_name, "work_width": self.work_width}
 
 
 def load_generator(weights: str | Path, device: str | torch.device = "cpu", precision: str = "fp32", *,
-                   tile: int | None = None, halo: int | None = None) -> Generator:
+                   tile: int | None = None, halo: int | None = None, work_width: int = 0) -> Generator:
     """A `Generator` from a registered `tpsence.*` name or a weights file (e.g. a run's
     `generator.safetensors`; fp16-stored weights are loaded into fp32 parameters)."""
+    if work_width < 0:
+        raise RainkitError(f"work width must be 0 (native resolution) or a positive width, got {work_width}")
     dev = resolve_device(device)
     resolve_precision(precision, dev)  # an unavailable precision fails here, before any work
     model, resolved = load_model("tpsence", str(weights), device=dev)
     model = model.float()  # NCHW: channels-last measured no faster for this network on CPUs
-    return Generator(model, dev, precision, tile=tile, halo=halo,
+    return Generator(model, dev, precision, tile=tile, halo=halo, work_width=int(work_width),
                      weights_path=resolved.path, weights_sha256=resolved.sha256,
                      weights_name=resolved.entry.name if resolved.entry else None)
 
