@@ -246,6 +246,10 @@ def test_resume_is_exact_and_sigterm_checkpoints(tmp_path):
         train_tpsence(_tiny(f"out={tmp_path / 'c'}", *TRAIN), *_data(), on_step=terminate_at_step_3)
     state = torch.load(tmp_path / "c" / "last.pt", weights_only=True)
     assert (state["global_step"], state["epoch"], state["batch"]) == (3, 1, 1)
+    # the generator of the last finished epoch (step 2) is exported and usable
+    card = json.loads((tmp_path / "c" / "generator.json").read_text())
+    assert (card["epoch"], card["step"]) == (1, 2)
+    assert (tmp_path / "c" / "generator.safetensors").is_file()
     after = train_tpsence(_tiny(f"out={tmp_path / 'c'}", *TRAIN), *_data(), resume=True)
     assert after.global_step == 4 and _digest(after.model) == _digest(straight.model)
 

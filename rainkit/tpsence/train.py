@@ -345,13 +345,17 @@ def train_tpsence(
                 history.append(record)
                 epoch, start_batch = epoch + 1, 0
                 save(epoch, 0)
-                if rank == 0 and config.plot_curves:
-                    _plot_curves(curve, history, out_dir / "curves.png")
+                if rank == 0:
+                    # a usable generator after every epoch, so an interrupted or still-running run can be tried
+                    exported = export_generator(model, config, out_dir, epoch=epoch, step=global_step,
+                                                history=history, data_description=data_description)
+                    if config.plot_curves:
+                        _plot_curves(curve, history, out_dir / "curves.png")
                 if on_epoch:
                     on_epoch(record)
                 if stop_everywhere(stop.requested):
                     raise KeyboardInterrupt  # the epoch's checkpoint is written
-            if rank == 0:
+            if rank == 0 and exported is None:  # resumed after the last epoch: nothing trained, export anyway
                 exported = export_generator(model, config, out_dir, epoch=epoch, step=global_step, history=history,
                                             data_description=data_description)
     finally:
