@@ -30,8 +30,8 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
 
 def test_seed_per_image_does_not_depend_on_the_batch(tmp_path):
     a, b = _photo(tmp_path, "a.png"), _photo(tmp_path, "b.png", seed=1)
-    assert main(["generate", str(a), str(b), str(tmp_path / "both"), "--seed", "3"]) == 0
-    assert main(["generate", str(b), str(tmp_path / "alone"), "--seed", "3"]) == 0
+    assert main(["generate", str(a), str(b), str(tmp_path / "both"), "--seed", "3", "--method", "physics"]) == 0
+    assert main(["generate", str(b), str(tmp_path / "alone"), "--seed", "3", "--method", "physics"]) == 0
     assert (tmp_path / "both" / "b.png").read_bytes() == (tmp_path / "alone" / "b.png").read_bytes()
     assert (tmp_path / "both" / "a.png").read_bytes() != (tmp_path / "both" / "b.png").read_bytes()
 
@@ -84,12 +84,18 @@ def test_physics_record_and_method_choice(tmp_path, capsys):
     from rainkit.synth.batch import choose_method
 
     src = _photo(tmp_path)
-    assert main(["generate", str(src), str(tmp_path / "out"), "--seed", "2"]) == 0
+    assert main(["generate", str(src), str(tmp_path / "out"), "--seed", "2", "--method", "physics"]) == 0
     record = json.loads((tmp_path / "out" / "rainkit-generate.json").read_text())
     assert set(record) == {"rainkit_version", "method", "domain", "preset", "intensity", "seed", "pairs"}
     assert record["method"] == "physics" and record["preset"] == "light"
     assert choose_method("physics", "rain").method == "physics"
     assert choose_method("auto", "fog").method == "physics"  # no learned fog weights are registered
     capsys.readouterr()
-    assert main(["generate", str(src), str(tmp_path / "w"), "--weights", "x.safetensors"]) == 1
+    assert main(["generate", str(src), str(tmp_path / "w"), "--method", "physics", "--weights", "x.safetensors"]) == 1
     assert "--method tpsence" in capsys.readouterr().err
+    # no --method: --weights means the learned generator, and a missing file is named
+    assert main(["generate", str(src), str(tmp_path / "w"), "--weights", "x.safetensors"]) == 1
+    assert "x.safetensors: no such weights file" in capsys.readouterr().err
+    # no --method with a physics setting: physics
+    assert main(["generate", str(src), str(tmp_path / "p"), "--seed", "2", "--preset", "light"]) == 0
+    assert (tmp_path / "p" / "a.png").read_bytes() == (tmp_path / "out" / "a.png").read_bytes()
