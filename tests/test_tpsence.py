@@ -150,6 +150,12 @@ def test_tps_moves_the_generator_through_a_frozen_discriminator():
     fake, idt = model.translate(x, y)
     terms = model.generator_loss(x, y, fake, idt, torch.tensor([0.5, 0.5]), _rngs(2, 1), _rngs(2, 2))
     assert float(terms["tps"].detach()) > 0 and float(terms["gan"]) == 0 and float(terms["nce"]) == 0
+    # D's mean scores are reported as diagnostics and take no part in the loss
+    with torch.no_grad():
+        for name, images in (("score_fake", fake), ("score_clear", x), ("score_rainy", y)):
+            assert float(terms[name]) == pytest.approx(float(model.discriminator(images).mean()), abs=1e-6)
+            assert not terms[name].requires_grad
+    assert float(terms["g"].detach()) == pytest.approx(float(terms["tps"].detach()))
     terms["g"].backward()
     assert all(p.requires_grad for p in model.discriminator.parameters()), "D's flags are restored"
     assert all(p.grad is None for p in model.discriminator.parameters()), "D is frozen in the generator step"

@@ -313,6 +313,9 @@ def train_tpsence_command(
     def on_epoch(record: dict) -> None:
         state["epoch"] = record["epoch"]
         text = "  ".join(f"{k} {record[k]:.4f}" for k in shown + ("mpa",) if k in record and record[k] == record[k])
+        if all(f"score_{k}" in record for k in ("clear", "fake", "rainy")):
+            text += (f"  D(clear/fake/rainy) {record['score_clear']:.2f}/{record['score_fake']:.2f}/"
+                     f"{record['score_rainy']:.2f}")
         progress.console.print(f"epoch {record['epoch']}/{config.epochs} (step {record['step']}, lr {record['lr']:.2e}): "
                                f"{text}  ({record['seconds']:.0f} s)", highlight=False, soft_wrap=True)
 

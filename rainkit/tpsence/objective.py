@@ -93,7 +93,8 @@ class TPSeNCE(nn.Module):
     def generator_loss(self, x: torch.Tensor, y: torch.Tensor, fake: torch.Tensor, idt: torch.Tensor | None,
                        mpa: torch.Tensor | None, rngs_x: Sequence[np.random.Generator],
                        rngs_y: Sequence[np.random.Generator]) -> dict[str, torch.Tensor]:
-        """The weighted generator terms and their sum ("g"). Freezes D for the duration of the call."""
+        """The weighted generator terms, their sum ("g") and D's mean scores (`score_*`, diagnostics
+        only). Freezes D for the duration of the call."""
         c = self.config
         d_params = list(self.discriminator.parameters())
         previous = [p.requires_grad for p in d_params]
@@ -120,6 +121,13 @@ class TPSeNCE(nn.Module):
             else:
                 terms["tps"] = zero
             terms["g"] = terms["gan"] + terms["nce"] + terms["tps"]
+            # Diagnostics, not losses: D's mean score of generated, clear and rainy images. A healthy
+            # run has score_fake between score_clear and score_rainy (TPS's segment) and moving up.
+            if scores_fake is not None:
+                terms["score_fake"] = scores_fake.detach().float().mean()
+            if c.lambda_tps > 0:
+                terms["score_clear"] = scores_clear.float().mean()
+                terms["score_rainy"] = scores_rainy.float().mean()
             return terms
         finally:
             for p, flag in zip(d_params, previous):

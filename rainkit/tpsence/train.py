@@ -123,7 +123,7 @@ def _plot_curves(curve: list[dict], history: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.4))
     steps = [c["step"] for c in curve]
     for key in ("g", "gan", "nce", "tps"):
         if key in curve[0]:
@@ -137,6 +137,12 @@ def _plot_curves(curve: list[dict], history: list[dict], path: Path) -> None:
     axes[1].set_title("discriminator (LSGAN)")
     axes[1].set_xlabel("step")
     axes[1].legend(fontsize=7)
+    for key in ("score_rainy", "score_fake", "score_clear"):
+        if key in curve[0]:
+            axes[2].plot(steps, [c[key] for c in curve], label=key.replace("score_", "D("))
+    axes[2].set_title("discriminator's mean score")
+    axes[2].set_xlabel("step")
+    axes[2].legend(fontsize=7)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=100)
