@@ -53,8 +53,6 @@ class GenerateSettings:
             raise RainkitError(f"--intensity must be within 0..1, got {self.intensity}")
         if self.tile is not None and self.tile < 0:
             raise RainkitError(f"--tile must be 0 (whole image) or a positive size, got {self.tile}")
-        if self.work_width < 0:
-            raise RainkitError(f"--work-width must be 0 (native resolution) or a positive width, got {self.work_width}")
 
 
 @dataclass(frozen=True)
