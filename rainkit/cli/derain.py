@@ -29,9 +29,7 @@ def derain_command(
     sample: bool = typer.Option(False, "--sample", help="Derain the rainy sample image shipped with rainkit (output: -o or the current folder)."),
 ) -> int:
     """Remove rain from images with SAPNet or PReNet."""
-    from rich.markup import escape
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+    from rainkit.cli.progress import BatchProgress
     from rainkit.derain.batch import derain_paths
     from rainkit.data.images import SAMPLE_RAINY_IMAGE
 
@@ -47,33 +45,11 @@ def derain_command(
     if output is None and len(inputs) == 1 and Path(inputs[0]).is_dir():
         raise typer.BadParameter("a folder input needs an output folder", param_hint="--output")
 
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[current]}"), TimeElapsedColumn(), console=console, transient=True)
-    task = tiles = None
-
-    def on_start(total: int) -> None:
-        nonlocal task
-        task = progress.add_task("derain", total=total, current="")
-
-    def on_tile(done: int, total: int) -> None:
-        nonlocal tiles
-        if tiles is None:
-            tiles = progress.add_task("  tiles", total=total, current="")
-        progress.update(tiles, completed=done, total=total)
-
-    def on_progress(item, index, total) -> None:
-        nonlocal tiles
-        if tiles is not None:
-            progress.remove_task(tiles)
-            tiles = None
-        progress.update(task, completed=index, current=Path(item.input).name)
-        if item.status == "failed":
-            progress.console.print(f"[red]failed[/red] {escape(item.error or '')}", highlight=False, soft_wrap=True)
-
-    with progress:
+    with BatchProgress(console, "derain") as progress:
         result = derain_paths(inputs, output, model=model, weights=weights, device=device, precision=precision,
                               tile=tile, recursive=recursive, fmt=fmt, quality=quality, overwrite=overwrite,
-                              sidecar=not no_sidecar, on_start=on_start, on_progress=on_progress, on_tile=on_tile)
+                              sidecar=not no_sidecar, on_start=progress.on_start, on_progress=progress.on_progress,
+                              on_tile=progress.on_tile)
     _render(result)
     if json_out:
         emit_text(json_out, json.dumps(result.to_json(), indent=2) + "\n")

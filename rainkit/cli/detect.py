@@ -42,9 +42,7 @@ def detect_command(
     csv_out: Optional[str] = typer.Option(None, "--csv", help="Write mAP per condition and class as CSV to this file ('-' for stdout)."),
 ) -> int:
     """Run a YOLO detector on rainy, derained and clean images and show what deraining recovers."""
-    from rich.markup import escape
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+    from rainkit.cli.progress import BatchProgress
     from rainkit.detect.runner import run_detect
 
     if output is not None and output.exists() and not output.is_dir():
@@ -60,26 +58,14 @@ def detect_command(
     if save_conditions and output is None:
         raise typer.BadParameter("--save-conditions needs an output folder (-o)", param_hint="--save-conditions")
 
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[current]}"), TimeElapsedColumn(), console=console, transient=True)
-    task = None
-
-    def on_start(total: int) -> None:
-        nonlocal task
-        task = progress.add_task("detect", total=total, current="")
-
-    def on_progress(item, index, total) -> None:
-        progress.update(task, completed=index, current=Path(item.input).name)
-        if item.status == "failed":
-            progress.console.print(f"[red]failed[/red] {escape(item.error or '')}", highlight=False, soft_wrap=True)
-
-    with progress:
+    with BatchProgress(console, "detect") as progress:
         result = run_detect(images or None, labels=labels, clean=clean, dataset=dataset, data_root=data_root,
                             add_rain=add_rain, seed=seed, detector=detector, imgsz=imgsz, derain=not no_derain,
                             derain_model=derain_model, derain_weights=derain_weights, derained_dir=derained,
                             device=device, precision=precision, tile=tile, conf=conf, iou=iou, classes=classes,
                             recursive=recursive, limit=limit, output=output, save_images=save_images, pick=pick,
-                            save_conditions=save_conditions, on_start=on_start, on_progress=on_progress)
+                            save_conditions=save_conditions, on_start=progress.on_start,
+                            on_progress=progress.on_progress)
     render(result, per_class=per_class)
     if json_out:
         import json

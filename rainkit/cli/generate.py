@@ -39,8 +39,8 @@ def generate_command(
 ) -> int:
     """Add weather to images at their native resolution, reproducibly: physics models or a learned generator."""
     from rich.markup import escape
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from rainkit.cli.progress import BatchProgress
     from rainkit.synth.batch import GenerateSettings, choose_method, generate_paths, megapixels_per_second
 
     if len(paths) < 2:
@@ -66,32 +66,10 @@ def generate_command(
     from dataclasses import replace
 
     settings = replace(settings, method=choice.method, weights=choice.weights)
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=console, transient=True)
-    task = tiles = None
-
-    def on_start(total: int) -> None:
-        nonlocal task
-        task = progress.add_task(f"{domain} ({choice.method})", total=total)
-
-    def on_tile(done: int, total: int) -> None:
-        nonlocal tiles
-        if tiles is None:
-            tiles = progress.add_task("  tiles", total=total)
-        progress.update(tiles, completed=done, total=total)
-
-    def on_progress(item, index, total) -> None:
-        nonlocal tiles
-        if tiles is not None:
-            progress.remove_task(tiles)
-            tiles = None
-        progress.update(task, completed=index)
-        if item.status == "failed":
-            progress.console.print(f"[red]failed[/red] {escape(item.error or '')}", highlight=False, soft_wrap=True)
-
-    with progress:
+    with BatchProgress(console, f"{domain} ({choice.method})") as progress:
         result = generate_paths(inputs, output, settings, recursive=recursive, pairs=pairs, fmt=fmt, quality=quality,
-                                overwrite=overwrite, on_start=on_start, on_progress=on_progress, on_tile=on_tile)
+                                overwrite=overwrite, on_start=progress.on_start, on_progress=progress.on_progress,
+                                on_tile=progress.on_tile)
     record = result.settings
     used = (f"tpsence, weights {escape(str(record.get('weights')))} (sha256 {str(record.get('weights_sha256'))[:12]}), "
             f"{record.get('device')} {record.get('precision')}"
