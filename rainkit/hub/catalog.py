@@ -48,11 +48,11 @@ register_weights(WeightsEntry(
 register_weights(WeightsEntry(
     name="sapnet.rainkit",
     filename="sapnet-rainkit.safetensors",
-    sha256="df6752cd8c2e19a42dbe06c3c48b43e5cec7772a705cb02fefdbd2abb8970763",
+    sha256="9a3357b143ee8441c42c4849803452166ecf26f2530de3a06b12a4bcb00e2dc1",
     url=None,
     license="MIT",
     provenance="trained by rainkit on physics rain synthesised over coco128 and CamVid/web clear photos (no Rain100 "
-               "image): 7 epochs light rain (SSIM), then 4.4 epochs of a 2:1 light/heavy mix with faint streaks "
-               "(SSIM), then 4 epochs of that mix with SSIM + L1; see weights/README.md",
+               "image): 7 epochs of light rain (SSIM), then 7 more with faint-streak jitter (SSIM + L1); "
+               "see weights/README.md",
     default_for="sapnet",
 ))
