@@ -1,4 +1,4 @@
-"""The progress display of the batch commands (`derain`, `generate`): a bar over the files with the
+"""The progress display of the batch commands (`derain`, `generate`, `detect`): a bar over the files with the
 current file's name, a second bar over the tiles of a large image while it runs, and each failure
 printed as it happens (the batch goes on; the summary comes at the end)."""
 
