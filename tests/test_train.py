@@ -74,6 +74,15 @@ def test_resume_is_exact(tmp_path):
     assert _digest(resumed.model) == _digest(result.model), "resume must reproduce the straight run bit for bit"
 
 
+def test_data_workers_feed_the_same_batches_as_the_training_process(tmp_path):
+    inline = _config(tmp_path / "inline", "max_steps=5", "epochs=2", "workers=0")
+    expected = train_sapnet(inline, _dataset(inline), [])
+    fed = _config(tmp_path / "workers", "max_steps=5", "epochs=2", "workers=2")
+    result = train_sapnet(fed, _dataset(fed), [])
+    assert result.global_step == 5
+    assert _digest(result.model) == _digest(expected.model)
+
+
 def test_epochs_write_checkpoint_best_weights_card_and_curves(tmp_path):
     config = _config(tmp_path, "epochs=2")
     val = [((rainy_like(32, 40, 9) * 255).astype(np.uint8), (rainy_like(32, 40, 9) * 230).astype(np.uint8))]

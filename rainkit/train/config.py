@@ -50,6 +50,9 @@ class TrainConfig:
     seed: int = 0
     max_steps: int = 0  # stop (with a checkpoint) after this many optimiser steps in total; 0 = no limit
     log_every: int = 10
+    # Processes that cut and rain the patches ahead of the model; -1: a few on CUDA (the GPU waits for
+    # data otherwise), none on the CPU (the cores are busy with the model). Batches are the same either way.
+    workers: int = -1
     device: str = "auto"
     amp: bool = True  # bf16 autocast and channels-last on CUDA
     cpu_bf16: bool = False  # the same on the CPU (about 2x faster with AMX/AVX-512-BF16; weights stay fp32)

@@ -8,9 +8,11 @@ at any step sees exactly the batches it would have seen, on any number of ranks.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -108,6 +110,46 @@ class PatchDataset:
         rainy = torch.from_numpy(np.stack([p[0] for p in pairs]).transpose(0, 3, 1, 2).copy())
         clean = torch.from_numpy(np.stack([p[1] for p in pairs]).transpose(0, 3, 1, 2).copy())
         return rainy, clean
+
+
+class EpochBatches(torch.utils.data.Dataset):
+    """The batches of one epoch from `first` on, as a map-style dataset, so that DataLoader workers can
+    make them ahead of the model. Batch `b` is `order[b*batch:(b+1)*batch]` cut to this rank's share;
+    every sample's randomness comes from (seed, epoch, index), so workers change nothing in the result."""
+
+    def __init__(self, dataset: PatchDataset, order: np.ndarray, *, epoch: int, batch: int, first: int,
+                 count: int, rank_slice: slice):
+        self.dataset, self.order, self.epoch = dataset, order, epoch
+        self.batch_size, self.first, self.count, self.rank_slice = batch, first, count, rank_slice
+
+    def __len__(self) -> int:
+        return self.count - self.first
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        b = self.first + i
+        indices = self.order[b * self.batch_size:(b + 1) * self.batch_size][self.rank_slice]
+        return self.dataset.batch(indices, self.epoch)
+
+
+def _single_threaded_worker(_: int) -> None:
+    cv2.setNumThreads(1)
+
+
+def resolve_workers(requested: int, device: torch.device) -> int:
+    if requested >= 0:
+        return requested
+    if device.type != "cuda":
+        return 0
+    return max(0, min(12, (os.cpu_count() or 1) - 2))
+
+
+def epoch_loader(batches: EpochBatches, workers: int, pin_memory: bool):
+    """Iterate `batches` in order, in this process (workers=0) or prefetched by `workers` processes."""
+    if workers <= 0:
+        return (batches[i] for i in range(len(batches)))
+    return torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=workers,
+                                       pin_memory=pin_memory, prefetch_factor=4,
+                                       worker_init_fn=_single_threaded_worker)
 
 
 def parse_presets(spec: str | None) -> list[str]:

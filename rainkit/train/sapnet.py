@@ -32,7 +32,7 @@ from rainkit.hub import create_model
 from rainkit.hub.checkpoint import save_checkpoint
 from rainkit.losses.ssim import SSIMLoss
 from rainkit.train.config import TrainConfig
-from rainkit.train.data import PatchDataset, epoch_order
+from rainkit.train.data import EpochBatches, PatchDataset, epoch_loader, epoch_order, resolve_workers
 
 CHECKPOINT = "last.pt"
 BEST = "best.safetensors"
@@ -229,6 +229,7 @@ def train_sapnet(
     log = open(out_dir / "train.log", "a") if rank == 0 else None
     per_rank = config.batch // world
     batches_per_epoch = max(1, len(dataset) // config.batch)
+    workers = resolve_workers(config.workers, device)
     position = (epoch, start_batch)
     try:
         while epoch < config.epochs:
@@ -238,11 +239,12 @@ def train_sapnet(
             sums: dict[str, float] = {}
             count = 0
             started = time.perf_counter()
-            for b in range(start_batch, batches_per_epoch):
+            batches = EpochBatches(dataset, order, epoch=epoch, batch=config.batch, first=start_batch,
+                                   count=batches_per_epoch, rank_slice=slice(rank * per_rank, (rank + 1) * per_rank))
+            for b, (rainy, clean) in enumerate(epoch_loader(batches, workers, device.type == "cuda"), start_batch):
                 position = (epoch, b)
-                indices = order[b * config.batch:(b + 1) * config.batch][rank * per_rank:(rank + 1) * per_rank]
-                rainy, clean = dataset.batch(indices, epoch)
-                rainy, clean = rainy.to(device), clean.to(device)
+                rainy = rainy.to(device, non_blocking=True)
+                clean = clean.to(device, non_blocking=True)
                 if use_amp:
                     rainy = rainy.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
