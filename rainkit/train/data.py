@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -133,6 +134,10 @@ class EpochBatches(torch.utils.data.Dataset):
 
 def _single_threaded_worker(_: int) -> None:
     cv2.setNumThreads(1)
+    # Ctrl-C and SIGTERM reach the whole process group; the training process handles them (it saves a checkpoint
+    # and shuts its workers down), so workers ignore them instead of dying mid-batch with tracebacks.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def resolve_workers(requested: int, device: torch.device) -> int:
