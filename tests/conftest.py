@@ -4,6 +4,7 @@ real cache."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -63,6 +64,15 @@ def tiny_sapnet_file(tmp_path) -> Path:
     kwargs = dict(get_arch("sapnet").variants["tiny"])
     model = create_model("sapnet", **kwargs)
     return save_checkpoint(tmp_path / "tiny-sapnet.safetensors", model, "sapnet", kwargs)
+
+
+def state_digest(model: torch.nn.Module) -> str:
+    """sha256 over a model's parameters and buffers, for bit-for-bit comparisons of training runs."""
+    h = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().cpu().numpy().tobytes())
+    return h.hexdigest()
 
 
 def rainy_like(height: int, width: int, seed: int = 0) -> np.ndarray:

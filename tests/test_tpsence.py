@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -15,7 +14,7 @@ from rainkit.losses.tpsence import mean_pixel_agreement, sence_loss, sence_weigh
 from rainkit.models.tpsence import ResnetGenerator, init_weights, l2_normalize
 from rainkit.tpsence.config import TINY_OVERRIDES, load_tpsence_config
 from rainkit.tpsence.objective import TPSeNCE
-from tests.conftest import rainy_like, run_two_ranks
+from tests.conftest import rainy_like, run_two_ranks, state_digest
 
 
 def _tiny(*extra):
@@ -202,14 +201,6 @@ def _data():
 TRAIN = ["samples_per_epoch=4", "plot_curves=false"]
 
 
-def _digest(model) -> str:
-    h = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
-        h.update(key.encode())
-        h.update(value.detach().cpu().numpy().tobytes())
-    return h.hexdigest()
-
-
 def test_config_defaults_are_the_papers_and_overrides_are_typed(tmp_path):
     from rainkit.errors import RainkitError
     from rainkit.tpsence import TPSeNCEConfig
@@ -242,7 +233,7 @@ def test_resume_is_exact_and_sigterm_checkpoints(tmp_path):
     assert half.global_step == 1
     resumed = train_tpsence(_tiny(f"out={tmp_path / 'b'}", *TRAIN), *_data(), resume=True)
     assert resumed.global_step == 4
-    assert _digest(resumed.model) == _digest(straight.model), "resume must reproduce the straight run bit for bit"
+    assert state_digest(resumed.model) == state_digest(straight.model), "resume must reproduce the straight run bit for bit"
 
     def terminate_at_step_3(step, batch, batches, values):
         if step == 3:
@@ -257,7 +248,7 @@ def test_resume_is_exact_and_sigterm_checkpoints(tmp_path):
     assert (card["epoch"], card["step"]) == (1, 2)
     assert (tmp_path / "c" / "generator.safetensors").is_file()
     after = train_tpsence(_tiny(f"out={tmp_path / 'c'}", *TRAIN), *_data(), resume=True)
-    assert after.global_step == 4 and _digest(after.model) == _digest(straight.model)
+    assert after.global_step == 4 and state_digest(after.model) == state_digest(straight.model)
 
 
 def test_outputs_samples_curves_and_exported_generator(tmp_path):
@@ -355,9 +346,9 @@ def test_fp16_export_loads_into_fp32(tmp_path):
 DDP_SCRIPT = """
 import sys
 from rainkit.tpsence.train import train_tpsence
-from tests.test_tpsence import TRAIN, _data, _digest, _tiny
+from tests.test_tpsence import TRAIN, _data, state_digest, _tiny
 result = train_tpsence(_tiny("out=" + sys.argv[1], "max_steps=3", *TRAIN), *_data())
-print("DIGEST", _digest(result.model))
+print("DIGEST", state_digest(result.model))
 """
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import cv2
@@ -14,7 +13,7 @@ from rainkit.errors import RainkitError
 from rainkit.train.config import apply_override, load_config
 from rainkit.train.data import PatchDataset, PatchSource
 from rainkit.train.sapnet import train_sapnet
-from tests.conftest import rainy_like, run_two_ranks
+from tests.conftest import rainy_like, run_two_ranks, state_digest
 
 TINY = ["model.width=8", "model.stages=2", "model.dilations=1,2", "model.reduction=4", "loss.contrastive=0",
         "loss.lpips=0", "loss.segmentation=0", "patch=24", "batch=4", "patches_per_image=4", "device=cpu"]
@@ -35,14 +34,6 @@ def _config(tmp_path, *extra):
 def _dataset(config):
     return PatchDataset(_sources(), patch=config.patch, patches_per_image=config.patches_per_image,
                         seed=config.seed, synthesize_preset="light")
-
-
-def _digest(model) -> str:
-    h = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
-        h.update(key.encode())
-        h.update(value.detach().cpu().numpy().tobytes())
-    return h.hexdigest()
 
 
 def test_overrides_are_typed_and_checked():
@@ -71,7 +62,7 @@ def test_resume_is_exact(tmp_path):
     rest = _config(tmp_path / "b", "max_steps=6", "epochs=2")
     resumed = train_sapnet(rest, _dataset(rest), [], resume=True)
     assert resumed.global_step == 6
-    assert _digest(resumed.model) == _digest(result.model), "resume must reproduce the straight run bit for bit"
+    assert state_digest(resumed.model) == state_digest(result.model), "resume must reproduce the straight run bit for bit"
 
 
 def test_data_workers_feed_the_same_batches_as_the_training_process(tmp_path):
@@ -80,7 +71,7 @@ def test_data_workers_feed_the_same_batches_as_the_training_process(tmp_path):
     fed = _config(tmp_path / "workers", "max_steps=5", "epochs=2", "workers=2")
     result = train_sapnet(fed, _dataset(fed), [])
     assert result.global_step == 5
-    assert _digest(result.model) == _digest(expected.model)
+    assert state_digest(result.model) == state_digest(expected.model)
 
 
 def test_epochs_write_checkpoint_best_weights_card_and_curves(tmp_path):
@@ -99,18 +90,18 @@ def test_epochs_write_checkpoint_best_weights_card_and_curves(tmp_path):
 
 
 DDP_SCRIPT = """
-import hashlib, sys
+import sys
 import cv2
 import numpy as np
 from rainkit.train.config import load_config
 from rainkit.train.data import PatchDataset, PatchSource
 from rainkit.train.sapnet import train_sapnet
-from tests.test_train import TINY, _sources, _digest
+from tests.test_train import TINY, _sources, state_digest
 config = load_config(overrides=TINY + ["out=" + sys.argv[1], "max_steps=3", "epochs=1"])
 data = PatchDataset(_sources(), patch=config.patch, patches_per_image=config.patches_per_image, seed=config.seed,
                     synthesize_preset="light")
 result = train_sapnet(config, data, [])
-print("DIGEST", _digest(result.model))
+print("DIGEST", state_digest(result.model))
 """
 
 
@@ -208,7 +199,7 @@ def test_init_fine_tunes_from_given_weights_and_records_them(tmp_path):
     save_checkpoint(start, trained.model, "sapnet", {"width": 8, "stages": 2, "dilations": [1, 2], "reduction": 4})
     frozen = _config(tmp_path / "b", "epochs=1", "lr=0", f"init={start}")
     tuned = train_sapnet(frozen, _dataset(frozen), [])
-    assert _digest(tuned.model) == _digest(trained.model), "with lr 0 the fine-tuned net is exactly its start"
+    assert state_digest(tuned.model) == state_digest(trained.model), "with lr 0 the fine-tuned net is exactly its start"
     card = json.loads((tmp_path / "b" / "best.json").read_text())
     from rainkit.hub.weights import sha256_file
 
