@@ -207,3 +207,14 @@ def test_init_fine_tunes_from_given_weights_and_records_them(tmp_path):
     other = _config(tmp_path / "c", "max_steps=1", "epochs=1", "model.width=12", f"init={start}")
     with pytest.raises(RainkitError, match="does not fit RecurrentDerainNet .shape mismatch"):
         train_sapnet(other, _dataset(other), [])
+
+
+def test_data_workers_default_to_a_share_of_the_node_on_cuda_only(monkeypatch):
+    from rainkit.train.data import resolve_workers
+
+    monkeypatch.setattr("os.cpu_count", lambda: 32)
+    assert resolve_workers(-1, torch.device("cpu")) == 0
+    assert resolve_workers(3, torch.device("cpu")) == 3
+    assert resolve_workers(-1, torch.device("cuda")) == 12
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert resolve_workers(-1, torch.device("cuda")) == 6

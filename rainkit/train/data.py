@@ -145,7 +145,9 @@ def resolve_workers(requested: int, device: torch.device) -> int:
         return requested
     if device.type != "cuda":
         return 0
-    return max(0, min(12, (os.cpu_count() or 1) - 2))
+    # torchrun starts one training process per GPU on a node: they share its cores.
+    per_process = (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(12, per_process - 2))
 
 
 def epoch_loader(batches: EpochBatches, workers: int, pin_memory: bool):
