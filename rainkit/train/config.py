@@ -58,6 +58,9 @@ class TrainConfig:
     cpu_bf16: bool = False  # the same on the CPU (about 2x faster with AMX/AVX-512-BF16; weights stay fp32)
     intensity: list[float] = field(default_factory=lambda: [0.5, 0.5])  # synthesised rain: intensity range
     jitter: float = 0.0  # synthesised rain: 0..1 spread of streak angle, length and width
+    # Synthesised rain: this share of samples is left rain-free (rainy = clean), so the network learns to leave
+    # clean regions as they are instead of smoothing every texture it meets (not in the paper; 0 keeps it out).
+    clean_fraction: float = 0.0
     out: str = "runs/sapnet"
     vgg_weights: str | None = None
     lpips_weights: str | None = None

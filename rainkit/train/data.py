@@ -42,7 +42,7 @@ class PatchDataset:
 
     def __init__(self, sources: list[PatchSource], *, patch: int, patches_per_image: int, seed: int,
                  synthesize_preset: str | None = None, intensity: tuple[float, float] = (0.5, 0.5),
-                 jitter: float = 0.0):
+                 jitter: float = 0.0, clean_fraction: float = 0.0):
         if not sources:
             raise DatasetError("no training images")
         small = [s.name for s in sources if min(s.clean.shape[:2]) < patch]
@@ -59,6 +59,9 @@ class PatchDataset:
             raise DatasetError(f"rain intensity range must lie within 0..1 and be ordered, got {intensity}")
         self.intensity = intensity
         self.jitter = jitter
+        if not 0.0 <= clean_fraction < 1.0:
+            raise DatasetError(f"the share of rain-free samples must lie in 0..1 (exclusive of 1), got {clean_fraction}")
+        self.clean_fraction = clean_fraction
 
     def rain_for(self, rng: np.random.Generator) -> RainParams:
         """The sample's rain: a preset of the mix at an intensity drawn from the range; with `jitter` > 0
@@ -94,7 +97,12 @@ class PatchDataset:
             wy0, wx0 = max(0, y0 - margin), max(0, x0 - margin)
             wy1, wx1 = min(height, y0 + p + margin), min(width, x0 + p + margin)
             window = source.clean[wy0:wy1, wx0:wx1].astype(np.float32) / 255.0
-            rained = add_rain(window, self.rain_for(rng), rng, scale=max(min(height, width) / REFERENCE_SIDE, 0.25))
+            # Drawn only when asked for, so runs without rain-free samples keep their random stream.
+            if self.clean_fraction > 0 and rng.random() < self.clean_fraction:
+                rained = window
+            else:
+                rained = add_rain(window, self.rain_for(rng), rng,
+                                  scale=max(min(height, width) / REFERENCE_SIDE, 0.25))
             clean = window[y0 - wy0:y0 - wy0 + p, x0 - wx0:x0 - wx0 + p]
             rainy = rained[y0 - wy0:y0 - wy0 + p, x0 - wx0:x0 - wx0 + p]
         else:
@@ -260,7 +268,8 @@ def prepare_training_data(config) -> TrainingData:
     train_sources = [s for s in train_sources if min(s.clean.shape[:2]) >= config.patch]
     dataset = PatchDataset(train_sources, patch=config.patch, patches_per_image=config.patches_per_image,
                            seed=config.seed, synthesize_preset=config.synthesize,
-                           intensity=tuple(config.intensity), jitter=config.jitter)
+                           intensity=tuple(config.intensity), jitter=config.jitter,
+                           clean_fraction=config.clean_fraction)
     val_pairs = []
     for source in load_sources(val_listed):
         clean = _centre_crop(source.clean, config.val_max_side)
