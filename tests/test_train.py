@@ -142,6 +142,23 @@ def test_rain_jitter_varies_streaks_within_the_intensity_range():
         PatchDataset(_sources(), patch=24, patches_per_image=2, seed=0, synthesize_preset="light", intensity=(0.8, 0.2))
 
 
+def test_clean_fraction_leaves_that_share_of_samples_rain_free_and_keeps_other_runs_unchanged():
+    def samples(**kwargs):
+        data = PatchDataset(_sources(), patch=24, patches_per_image=40, seed=0, synthesize_preset="light", **kwargs)
+        return [data.sample(i, 0) for i in range(len(data))]
+
+    def rain_free_share(pairs):
+        return np.mean([np.array_equal(rainy, clean) for rainy, clean in pairs])
+
+    default, explicit_zero = samples(), samples(clean_fraction=0.0)
+    # A few tiny patches of light rain catch no streak by chance; a quarter more are left rain-free on purpose.
+    assert rain_free_share(default) < 0.05
+    assert 0.15 < rain_free_share(samples(clean_fraction=0.25)) - rain_free_share(default) < 0.35
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(default, explicit_zero))
+    with pytest.raises(Exception, match="rain-free"):
+        PatchDataset(_sources(), patch=24, patches_per_image=2, seed=0, synthesize_preset="light", clean_fraction=1.0)
+
+
 def test_train_command_end_to_end(tmp_path, monkeypatch):
     from rainkit.cli import main
 
