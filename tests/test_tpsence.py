@@ -233,7 +233,8 @@ def test_resume_is_exact_and_sigterm_checkpoints(tmp_path):
     assert half.global_step == 1
     resumed = train_tpsence(_tiny(f"out={tmp_path / 'b'}", *TRAIN), *_data(), resume=True)
     assert resumed.global_step == 4
-    assert state_digest(resumed.model) == state_digest(straight.model), "resume must reproduce the straight run bit for bit"
+    assert state_digest(resumed.model) == state_digest(straight.model), \
+        "resume must reproduce the straight run bit for bit"
 
     def terminate_at_step_3(step, batch, batches, values):
         if step == 3:
@@ -346,7 +347,8 @@ def test_fp16_export_loads_into_fp32(tmp_path):
 DDP_SCRIPT = """
 import sys
 from rainkit.tpsence.train import train_tpsence
-from tests.test_tpsence import TRAIN, _data, state_digest, _tiny
+from tests.conftest import state_digest
+from tests.test_tpsence import TRAIN, _data, _tiny
 result = train_tpsence(_tiny("out=" + sys.argv[1], "max_steps=3", *TRAIN), *_data())
 print("DIGEST", state_digest(result.model))
 """

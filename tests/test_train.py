@@ -62,7 +62,8 @@ def test_resume_is_exact(tmp_path):
     rest = _config(tmp_path / "b", "max_steps=6", "epochs=2")
     resumed = train_sapnet(rest, _dataset(rest), [], resume=True)
     assert resumed.global_step == 6
-    assert state_digest(resumed.model) == state_digest(result.model), "resume must reproduce the straight run bit for bit"
+    assert state_digest(resumed.model) == state_digest(result.model), \
+        "resume must reproduce the straight run bit for bit"
 
 
 def test_data_workers_feed_the_same_batches_as_the_training_process(tmp_path):
@@ -96,7 +97,8 @@ import numpy as np
 from rainkit.train.config import load_config
 from rainkit.train.data import PatchDataset, PatchSource
 from rainkit.train.sapnet import train_sapnet
-from tests.test_train import TINY, _sources, state_digest
+from tests.conftest import state_digest
+from tests.test_train import TINY, _sources
 config = load_config(overrides=TINY + ["out=" + sys.argv[1], "max_steps=3", "epochs=1"])
 data = PatchDataset(_sources(), patch=config.patch, patches_per_image=config.patches_per_image, seed=config.seed,
                     synthesize_preset="light")

@@ -60,7 +60,8 @@ class PatchDataset:
         self.intensity = intensity
         self.jitter = jitter
         if not 0.0 <= clean_fraction < 1.0:
-            raise DatasetError(f"the share of rain-free samples must lie in 0..1 (exclusive of 1), got {clean_fraction}")
+            raise DatasetError(
+                f"the share of rain-free samples must lie in 0..1 (exclusive of 1), got {clean_fraction}")
         self.clean_fraction = clean_fraction
 
     def rain_for(self, rng: np.random.Generator) -> RainParams:
