@@ -37,7 +37,7 @@ import torch.distributed as dist
 
 from rainkit._version import __version__
 from rainkit.errors import RainkitError
-from rainkit.train.distributed import setup_processes
+from rainkit.train.distributed import leaves_process_group_as_found, setup_processes
 from rainkit.train.runfiles import atomic_torch_save, git_commit
 from rainkit.tpsence.config import TPSeNCEConfig
 from rainkit.tpsence.data import UnpairedDataset, epoch_order, sample_rng
@@ -187,6 +187,7 @@ def export_generator(model: TPSeNCE, config: TPSeNCEConfig, out_dir: Path, *, ep
     return path
 
 
+@leaves_process_group_as_found
 def train_tpsence(
     config: TPSeNCEConfig,
     clear_images: Sequence[np.ndarray] | UnpairedDataset,

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import os
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from rainkit.errors import RainkitError
 from rainkit.hub import resolve_device
+
+F = TypeVar("F", bound=Callable)
 
 
 def setup_processes(device_name: str, batch: int) -> tuple[torch.device, int, int]:
@@ -26,3 +30,28 @@ def setup_processes(device_name: str, batch: int) -> tuple[torch.device, int, in
     if batch % world:
         raise RainkitError(f"batch {batch} does not split evenly over {world} processes")
     return device, rank, world
+
+
+def leaves_process_group_as_found(train: F) -> F:
+    """Wrap a trainer that may join the process group itself (`setup_processes`) so that it also leaves it.
+
+    A gloo group still alive at interpreter exit can abort the process ("terminate called without an active
+    exception") and a rank that exits early can break a peer still exporting, so after a normal return the
+    ranks meet at a barrier and then destroy the group. A group the caller made before the call is left alone.
+    """
+
+    @functools.wraps(train)
+    def wrapper(*args, **kwargs):
+        joined_before = dist.is_available() and dist.is_initialized()
+        finished = False
+        try:
+            result = train(*args, **kwargs)
+            finished = True
+            return result
+        finally:
+            if not joined_before and dist.is_available() and dist.is_initialized():
+                if finished:
+                    dist.barrier()
+                dist.destroy_process_group()
+
+    return wrapper  # type: ignore[return-value]

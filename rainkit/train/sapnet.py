@@ -26,7 +26,7 @@ import torch
 
 from rainkit._version import __version__
 from rainkit.errors import RainkitError
-from rainkit.train.distributed import setup_processes
+from rainkit.train.distributed import leaves_process_group_as_found, setup_processes
 from rainkit.train.runfiles import atomic_torch_save, git_commit
 from rainkit.hub import create_model
 from rainkit.hub.checkpoint import save_checkpoint
@@ -159,6 +159,7 @@ def _plot_curves(history: list[dict], path: Path) -> None:
     os.replace(tmp, path)
 
 
+@leaves_process_group_as_found
 def train_sapnet(
     config: TrainConfig,
     dataset: PatchDataset,
