@@ -350,6 +350,8 @@ from rainkit.tpsence.train import train_tpsence
 from tests.conftest import state_digest
 from tests.test_tpsence import TRAIN, _data, _tiny
 result = train_tpsence(_tiny("out=" + sys.argv[1], "max_steps=3", *TRAIN), *_data())
+import torch.distributed as dist
+assert not dist.is_initialized(), "the trainer joined the process group and must leave it"
 print("DIGEST", state_digest(result.model))
 """
 

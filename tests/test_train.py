@@ -103,6 +103,8 @@ config = load_config(overrides=TINY + ["out=" + sys.argv[1], "max_steps=3", "epo
 data = PatchDataset(_sources(), patch=config.patch, patches_per_image=config.patches_per_image, seed=config.seed,
                     synthesize_preset="light")
 result = train_sapnet(config, data, [])
+import torch.distributed as dist
+assert not dist.is_initialized(), "the trainer joined the process group and must leave it"
 print("DIGEST", state_digest(result.model))
 """
 
@@ -113,6 +115,22 @@ def test_two_process_ddp_ranks_stay_in_sync(tmp_path):
     assert (tmp_path / "last.pt").is_file()
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     assert state["global_step"] == 3
+
+
+def test_trainer_leaves_a_process_group_made_by_its_caller(tmp_path):
+    import torch.distributed as dist
+    from rainkit.train.distributed import leaves_process_group_as_found
+
+    @leaves_process_group_as_found
+    def train():
+        return dist.get_world_size()
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert train() == 1
+        assert dist.is_initialized()
+    finally:
+        dist.destroy_process_group()
 
 
 def test_prepare_training_data_splits_by_name_and_rains_validation_once(tmp_path):
