@@ -52,7 +52,7 @@ def plot_means(result: BenchmarkResult, path: str | os.PathLike, title: str | No
 
     metrics = result.metrics
     labels = [m.label for m in result.models]
-    figure = Figure(figsize=(max(3.2 * len(metrics), 4.0), 3.6 + 0.1 * max(len(l) for l in labels)), dpi=110)
+    figure = Figure(figsize=(max(3.2 * len(metrics), 4.0), 3.6 + 0.1 * max(len(label) for label in labels)), dpi=110)
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, len(metrics), squeeze=False)[0]
     colours = [f"C{i % 10}" for i in range(len(labels))]

@@ -7,7 +7,6 @@ import math
 import ctypes.util
 import os
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable

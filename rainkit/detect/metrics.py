@@ -201,7 +201,9 @@ class MapAccumulator:
         return tp
 
     def result(self) -> MapResult:
-        cat = (lambda parts, shape: np.concatenate(parts, 0) if parts else np.zeros(shape))
+        def cat(parts: list, shape: tuple) -> np.ndarray:
+            return np.concatenate(parts, 0) if parts else np.zeros(shape)
+
         tp = cat(self._tp, (0, len(IOU_THRESHOLDS)))
         conf = cat(self._conf, (0,))
         pred_cls = cat(self._pred_cls, (0,)).astype(np.int64)

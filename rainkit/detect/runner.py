@@ -169,7 +169,9 @@ class DetectResult:
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(["condition", "class", "class_id", "images", "instances", "map50", "map50_95",
                          "detections", "mean_conf", "reference"])
-        fmt = (lambda v: "" if v is None else f"{v:.6f}")
+        def fmt(v: float | None) -> str:
+            return "" if v is None else f"{v:.6f}"
+
         for name, c in self.conditions.items():
             scored = c.map is not None
             writer.writerow([name, "all", "", c.images, c.map.instances if scored else "",
