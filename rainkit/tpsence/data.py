@@ -28,10 +28,6 @@ def sample_rng(seed: int, epoch: int, index: int, stream: int = 0) -> np.random.
     return np.random.default_rng([seed, epoch, index, stream])
 
 
-def epoch_order(seed: int, epoch: int, size: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch, 2**31 - 1]).permutation(size)
-
-
 def _scale_for(height: int, width: int, load_size: int, crop: int) -> float:
     scale = load_size / width if load_size else 1.0
     return max(scale, crop / height, crop / width) if min(height * scale, width * scale) < crop else scale

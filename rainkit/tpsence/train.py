@@ -38,9 +38,10 @@ import torch.distributed as dist
 from rainkit._version import __version__
 from rainkit.errors import RainkitError
 from rainkit.train.distributed import leaves_process_group_as_found, setup_processes
+from rainkit.train.data import epoch_order, rank_batch
 from rainkit.train.runfiles import atomic_torch_save, git_commit
 from rainkit.tpsence.config import TPSeNCEConfig
-from rainkit.tpsence.data import UnpairedDataset, epoch_order, sample_rng
+from rainkit.tpsence.data import UnpairedDataset, sample_rng
 from rainkit.tpsence.objective import TPSeNCE
 
 CHECKPOINT = "last.pt"
@@ -277,6 +278,7 @@ def train_tpsence(
 
     log = open(out_dir / "train.log", "a") if rank == 0 else None
     per_rank = config.batch // world
+    rank_share = slice(rank * per_rank, (rank + 1) * per_rank)
     batches_per_epoch = len(dataset) // config.batch
     g_params = list(model.generator.parameters()) + list(model.head.parameters())
     d_params = list(model.discriminator.parameters())
@@ -293,7 +295,7 @@ def train_tpsence(
                 count = 0
                 started = time.perf_counter()
                 for b in range(start_batch, batches_per_epoch):
-                    indices = order[b * config.batch:(b + 1) * config.batch][rank * per_rank:(rank + 1) * per_rank]
+                    indices = rank_batch(order, b, config.batch, rank_share)
                     x, y, mpa = dataset.batch(indices, epoch)
                     x, y, mpa = x.to(device), y.to(device), mpa.to(device)
                     rngs_x = [sample_rng(config.seed, epoch, int(i), 1) for i in indices]

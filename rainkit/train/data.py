@@ -30,6 +30,11 @@ def epoch_order(seed: int, epoch: int, size: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch, 2**31 - 1]).permutation(size)
 
 
+def rank_batch(order: np.ndarray, b: int, batch: int, rank_slice: slice) -> np.ndarray:
+    """The sample indices of batch `b` of an epoch's `order`, cut to one rank's share of the global batch."""
+    return order[b * batch:(b + 1) * batch][rank_slice]
+
+
 @dataclass
 class PatchSource:
     clean: np.ndarray  # H x W x 3 uint8
@@ -136,8 +141,7 @@ class EpochBatches(torch.utils.data.Dataset):
         return self.count - self.first
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        b = self.first + i
-        indices = self.order[b * self.batch_size:(b + 1) * self.batch_size][self.rank_slice]
+        indices = rank_batch(self.order, self.first + i, self.batch_size, self.rank_slice)
         return self.dataset.batch(indices, self.epoch)
 
 
