@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from rainkit.benchmark.runner import BenchmarkResult
-from rainkit.data.images import atomic_write_bytes
+from rainkit.io.atomic import atomic_write_bytes
 from rainkit.metrics import METRICS
 
 

@@ -25,7 +25,8 @@ from rainkit._version import __version__
 from rainkit.benchmark.cache import ResumeCache, cache_key
 from rainkit.benchmark.models import ModelSpec, finalize_specs, parse_model
 from rainkit.data.datasets import Dataset, Pair
-from rainkit.data.images import atomic_write_bytes, read_image, to_uint8
+from rainkit.data.images import read_image, to_uint8
+from rainkit.io.atomic import atomic_write_bytes
 from rainkit.errors import RainkitError
 from rainkit.metrics import METRICS, NO_REFERENCE_METRICS, crop_border, full_reference_scores, parse_metrics
 

@@ -25,9 +25,9 @@ def emit_text(destination: str, text: str) -> None:
     if destination == "-":
         print(text, end="")
     else:
-        from rainkit.data.images import atomic_write_bytes
+        from rainkit.io.atomic import atomic_write_text
 
-        atomic_write_bytes(destination, text.encode())
+        atomic_write_text(destination, text)
 
 
 def _version(value: bool) -> None:

@@ -56,7 +56,8 @@ def segment_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from rainkit._version import __version__
-    from rainkit.data.images import atomic_write_bytes, read_image, to_uint8, write_image
+    from rainkit.data.images import read_image, to_uint8, write_image
+    from rainkit.io.atomic import atomic_write_bytes, atomic_write_json
     from rainkit.derain.batch import ItemResult, plan_jobs
     from rainkit.errors import InputError, RainkitError
     from rainkit.hub import load_model, resolve_device
@@ -79,7 +80,7 @@ def segment_command(
         if changed:
             raise RainkitError(f"{record_path}: this folder holds label maps made with other settings {changed}; "
                                f"use another output folder or --overwrite")
-    atomic_write_bytes(record_path, (json.dumps(record, indent=2) + "\n").encode())
+    atomic_write_json(record_path, record)
 
     items: list[ItemResult] = []
     progress = Progress(TextColumn("[bold]segment"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[current]}"),

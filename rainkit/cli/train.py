@@ -153,11 +153,9 @@ def read_label_folder(seg_dir: str | Path, names: List[str], images, option: str
 
 
 def _write_json(path: Path, value: dict) -> None:
-    import json
+    from rainkit.io.atomic import atomic_write_json
 
-    from rainkit.data.images import atomic_write_bytes
-
-    atomic_write_bytes(path, (json.dumps(value, indent=2) + "\n").encode())
+    atomic_write_json(path, value)
 
 
 @train_app.command("tpsence")

@@ -2,14 +2,12 @@
 
 `read_image` turns anything a user may hand us (8/16-bit, grey, RGBA, CMYK JPEG, EXIF-rotated)
 into float32 RGB in [0, 1], and fails with one line naming the file and the problem otherwise.
-`write_image` writes atomically: a temporary file in the target folder, then a rename, so a
-crash never leaves a half-written image behind.
+`write_image` writes through rainkit's one atomic writer (`rainkit.io.atomic`).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import cv2
 import numpy as np
 
 from rainkit.errors import InputError
+from rainkit.io.atomic import atomic_write_bytes
 
 # A public-domain photo with physics rain, shipped so that `rainkit derain --sample` needs no user file.
 SAMPLE_RAINY_IMAGE = Path(__file__).resolve().parent.parent / "assets" / "sample" / "rainy-grace-hopper.jpg"
@@ -174,30 +173,6 @@ def encode_image(image: Image, fmt: str, quality: int | None = None) -> bytes:
     if not ok:
         raise InputError(f"could not encode image as {fmt}")
     return buffer.tobytes()
-
-
-def default_file_mode() -> int:
-    """The mode a plainly created file gets (0o666 less the umask); mkstemp's 0o600 would hide outputs."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, default_file_mode())
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_image(path: str | os.PathLike, image: Image | np.ndarray, quality: int | None = None) -> None:

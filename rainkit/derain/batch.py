@@ -7,14 +7,14 @@ failed (with a one-line reason), and the caller decides the exit code from the r
 from __future__ import annotations
 
 import glob
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from rainkit._version import __version__
-from rainkit.data.images import IMAGE_SUFFIXES, OUTPUT_FORMATS, atomic_write_bytes, encode_image, read_image
+from rainkit.data.images import IMAGE_SUFFIXES, OUTPUT_FORMATS, encode_image, read_image
+from rainkit.io.atomic import atomic_write_bytes, atomic_write_json
 from rainkit.derain.engine import Derainer
 from rainkit.errors import InputError, RainkitError
 
@@ -174,7 +174,7 @@ def _run_job(derainer: Derainer, job: Job, *, overwrite: bool, quality: int | No
                 "rainkit_version": __version__,
             }
             # The sidecar goes first: an image without its record is redone on resume, never the reverse.
-            atomic_write_bytes(_sidecar_path(job.output), (json.dumps(record, indent=2) + "\n").encode())
+            atomic_write_json(_sidecar_path(job.output), record)
         atomic_write_bytes(job.output, data)
         return ItemResult(label, str(job.output), "done", seconds=seconds, width=width, height=height,
                           tile=derainer.last_tile)

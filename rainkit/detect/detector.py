@@ -147,7 +147,7 @@ def _asset_url(name: str) -> str:
 
 
 def _download(name: str, target: Path, timeout: float, offline_hint: str) -> None:
-    from rainkit.data.images import atomic_write_bytes
+    from rainkit.io.atomic import atomic_write_bytes
 
     url = _asset_url(name)
     try:

@@ -30,7 +30,8 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from rainkit._version import __version__
-from rainkit.data.images import IMAGE_SUFFIXES, atomic_write_bytes, read_image, to_uint8
+from rainkit.data.images import IMAGE_SUFFIXES, read_image, to_uint8
+from rainkit.io.atomic import atomic_write_bytes
 from rainkit.detect.detector import VAL_CONF, NMSSettings
 from rainkit.detect.metrics import (Detections, GroundTruth, MapAccumulator, MapResult, image_recall,
                                     recovered_share)

@@ -126,24 +126,8 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, arch: str, arch_kw
     """Save rainkit's own format: safetensors with bare keys, plus the architecture in the metadata,
     so the file alone says how to rebuild the network. Written atomically."""
     import json
-    import os
-    import tempfile
 
-    from safetensors.torch import save_file
+    from rainkit.io.atomic import atomic_save_safetensors
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {ARCH_KEY: arch, KWARGS_KEY: json.dumps(arch_kwargs or {}, sort_keys=True), **(extra or {})}
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    from rainkit.data.images import default_file_mode
-
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        save_file(state, tmp, metadata=metadata)
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_save_safetensors(path, model.state_dict(), metadata)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any
 
 from rainkit.errors import WeightsError
 from rainkit.hub.registry import suggest
+from rainkit.io.atomic import atomic_write
 
 
 @dataclass(frozen=True)
@@ -192,26 +191,20 @@ def fetch_weights(name: str, *, force: bool = False, timeout: float = 60.0) -> P
     if not entry.url:
         raise WeightsError(f"weights '{entry.name}' have no download URL; {missing_weights_message(entry)}")
     target = cache_dir() / entry.filename
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{entry.filename}.", suffix=".part", dir=target.parent)
-    tmp = Path(tmp_name)
     try:
-        from rainkit.data.images import default_file_mode
-
-        os.chmod(tmp, default_file_mode())
-        with os.fdopen(handle, "wb") as out:
+        with atomic_write(target) as out:
+            digest = hashlib.sha256()
             request = urllib.request.Request(entry.url, headers={"User-Agent": "rainkit"})
             with urllib.request.urlopen(request, timeout=timeout) as response:
-                shutil.copyfileobj(response, out)
-        digest = sha256_file(tmp)
-        if digest != entry.sha256:
-            raise WeightsError(f"downloaded {entry.url} has sha256 {digest}, expected {entry.sha256}; nothing was saved")
-        os.replace(tmp, target)
+                while chunk := response.read(1 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
+            if digest.hexdigest() != entry.sha256:
+                raise WeightsError(f"downloaded {entry.url} has sha256 {digest.hexdigest()}, expected "
+                                   f"{entry.sha256}; nothing was saved")
     except OSError as exc:
         raise WeightsError(
             f"could not download weights '{entry.name}' from {entry.url} ({exc}); "
             f"download it by hand and save it as {target}"
         ) from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return target

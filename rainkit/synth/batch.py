@@ -18,7 +18,8 @@ from typing import Callable
 import numpy as np
 
 from rainkit._version import __version__
-from rainkit.data.images import atomic_write_bytes, encode_image, read_image
+from rainkit.data.images import encode_image, read_image
+from rainkit.io.atomic import atomic_write_bytes, atomic_write_json
 from rainkit.derain.batch import BatchResult, ItemResult, plan_jobs
 from rainkit.errors import InputError, RainkitError
 from rainkit.synth.physics import DOMAINS, PRESETS, image_seed, synthesize
@@ -165,7 +166,7 @@ def generate_paths(
     record_path = output / RECORD_NAME
     if record_path.exists() and not overwrite:
         _check_record(record_path, record)
-    atomic_write_bytes(record_path, (json.dumps(record, indent=2) + "\n").encode())
+    atomic_write_json(record_path, record)
     if generator is not None:
         def render(rgb: np.ndarray, name: str) -> np.ndarray:
             return generator.generate(rgb, on_tile=on_tile)

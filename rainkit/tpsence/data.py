@@ -152,6 +152,8 @@ def load_labels_cached(images: Sequence[np.ndarray], names: Sequence[str], segme
     `cache_dir/<name>.png` (8-bit PNG of the label ids), so a folder is segmented once."""
     import cv2
 
+    from rainkit.io.atomic import atomic_write_bytes
+
     if cache_dir is None:
         return segment_images(images, segmenter, on_image)
     cache = Path(cache_dir)
@@ -161,10 +163,7 @@ def load_labels_cached(images: Sequence[np.ndarray], names: Sequence[str], segme
         label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED) if path.is_file() else None
         if label is None or label.shape != image.shape[:2]:
             label = segmenter.segment(image.astype(np.float32) / 255.0)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp.png")
-            cv2.imwrite(str(tmp), label)
-            tmp.replace(path)
+            atomic_write_bytes(path, cv2.imencode(".png", label)[1].tobytes())
         labels.append(label)
         if on_image:
             on_image(i + 1, len(images))

@@ -23,7 +23,6 @@ Outputs in `config.out`: `last.pt` (every epoch, on interruption, at `max_steps`
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 import time
@@ -39,7 +38,8 @@ from rainkit._version import __version__
 from rainkit.errors import RainkitError
 from rainkit.train.distributed import leaves_process_group_as_found, setup_processes
 from rainkit.train.data import epoch_order, rank_batch
-from rainkit.train.runfiles import atomic_torch_save, git_commit
+from rainkit.io.atomic import atomic_save_figure, atomic_torch_save, atomic_write_json
+from rainkit.train.runfiles import git_commit
 from rainkit.tpsence.config import TPSeNCEConfig
 from rainkit.tpsence.data import UnpairedDataset, sample_rng
 from rainkit.tpsence.objective import TPSeNCE
@@ -119,12 +119,10 @@ def _write_sample(path: Path, x: torch.Tensor, fake: torch.Tensor, y: torch.Tens
 def _plot_curves(curve: list[dict], history: list[dict], path: Path) -> None:
     if not curve:
         return
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.4))
+    fig = Figure(figsize=(15, 3.4))
+    axes = fig.subplots(1, 3)
     steps = [c["step"] for c in curve]
     for key in ("g", "gan", "nce", "tps"):
         if key in curve[0]:
@@ -145,10 +143,7 @@ def _plot_curves(curve: list[dict], history: list[dict], path: Path) -> None:
     axes[2].set_xlabel("step")
     axes[2].legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    atomic_save_figure(path, fig)
 
 
 def export_generator(model: TPSeNCE, config: TPSeNCEConfig, out_dir: Path, *, epoch: int, step: int,
@@ -182,9 +177,7 @@ def export_generator(model: TPSeNCE, config: TPSeNCEConfig, out_dir: Path, *, ep
         "commit": git_commit(),
         "rainkit_version": __version__,
     }
-    tmp = out_dir / f".{CARD}.tmp"
-    tmp.write_text(json.dumps(card, indent=2) + "\n")
-    os.replace(tmp, out_dir / CARD)
+    atomic_write_json(out_dir / CARD, card)
     return path
 
 
@@ -261,13 +254,13 @@ def train_tpsence(
     def save(position_epoch: int, position_batch: int) -> None:
         if rank != 0:
             return
-        atomic_torch_save({
+        atomic_torch_save(checkpoint_path, {
             "generator": model.generator.state_dict(), "discriminator": model.discriminator.state_dict(),
             "head": model.head.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
             "opt_f": opt_f.state_dict(), "epoch": position_epoch, "batch": position_batch,
             "global_step": global_step, "history": json.dumps(history), "curve": json.dumps(curve),
             "config": json.dumps(config.to_dict()),
-        }, checkpoint_path)
+        })
 
     def stop_everywhere(local: bool) -> bool:
         if not distributed:

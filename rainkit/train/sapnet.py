@@ -13,7 +13,6 @@ N steps straight and N/2 + resume + N/2 give bit-identical weights on the CPU.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 import time
@@ -27,7 +26,8 @@ import torch
 from rainkit._version import __version__
 from rainkit.errors import RainkitError
 from rainkit.train.distributed import leaves_process_group_as_found, setup_processes
-from rainkit.train.runfiles import atomic_torch_save, git_commit
+from rainkit.io.atomic import atomic_save_figure, atomic_torch_save, atomic_write_json
+from rainkit.train.runfiles import git_commit
 from rainkit.hub import create_model
 from rainkit.hub.checkpoint import save_checkpoint
 from rainkit.losses.ssim import SSIMLoss
@@ -134,14 +134,12 @@ def validate(model: torch.nn.Module, pairs: list[tuple[np.ndarray, np.ndarray]],
 
 
 def _plot_curves(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     if not history:
         return
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig = Figure(figsize=(9, 3.2))
+    axes = fig.subplots(1, 2)
     epochs = [h["epoch"] for h in history]
     for key in sorted(k for k in history[0] if k.startswith("loss_")):
         axes[0].plot(epochs, [h[key] for h in history], label=key[5:])
@@ -153,10 +151,7 @@ def _plot_curves(history: list[dict], path: Path) -> None:
         axes[1].set_title("validation PSNR (Y, dB)")
         axes[1].set_xlabel("epoch")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    atomic_save_figure(path, fig)
 
 
 @leaves_process_group_as_found
@@ -217,11 +212,11 @@ def train_sapnet(
     def save(position_epoch: int, position_batch: int) -> None:
         if rank != 0:
             return
-        atomic_torch_save({
+        atomic_torch_save(checkpoint_path, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": position_epoch,
             "batch": position_batch, "global_step": global_step, "history": json.dumps(history),
             "best": json.dumps(best) if best else "", "config": json.dumps(config.to_dict()),
-        }, checkpoint_path)
+        })
 
     interrupted = False
     previous_handler = signal.getsignal(signal.SIGTERM)
@@ -321,9 +316,7 @@ def _save_best(model, arch: str, model_kwargs: dict, config: TrainConfig, record
         "commit": git_commit(),
         "rainkit_version": __version__,
     }
-    tmp = out_dir / ".best.json.tmp"
-    tmp.write_text(json.dumps(card, indent=2) + "\n")
-    os.replace(tmp, out_dir / "best.json")
+    atomic_write_json(out_dir / "best.json", card)
 
 
 def threading_main() -> bool:
