@@ -115,12 +115,13 @@ def test_resume_skips_existing_outputs_and_overwrite_redoes_them(inputs, tmp_pat
     out = tmp_path / "out"
     assert _derain(tiny_sapnet_file, str(inputs["ok"]), "-o", str(out)) == 0
     target = out / "ok.png"
-    target.write_bytes(b"sentinel")
+    cv2.imwrite(str(target), _u8())  # a complete image someone else left there: kept
+    sentinel = target.read_bytes()
     assert _derain(tiny_sapnet_file, str(inputs["ok"]), "-o", str(out), "--json", str(tmp_path / "a.json")) == 0
-    assert target.read_bytes() == b"sentinel"
+    assert target.read_bytes() == sentinel
     assert json.loads((tmp_path / "a.json").read_text())["items"][0]["status"] == "skipped"
     assert _derain(tiny_sapnet_file, str(inputs["ok"]), "-o", str(out), "--overwrite") == 0
-    assert target.read_bytes() != b"sentinel"
+    assert target.read_bytes() != sentinel
 
 
 def test_single_file_without_output_goes_beside_it(inputs, tiny_sapnet_file):

@@ -11,13 +11,18 @@ from rainkit._version import __version__
 
 app = typer.Typer(
     name="rainkit",
-    help="Weather in images: derain photos (SAPNet, PReNet), manage weights, benchmark models.",
+    help="Weather in images: derain photos (SAPNet, PReNet), add rain, snow, fog or night (physics or TPSeNCE), "
+         "segment, train, benchmark, and measure what deraining buys a detector.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
 out = Console()  # stdout, for machine-readable output
+
+SHARD_HELP = ("Process only shard K of N (every Nth input, starting at the Kth), e.g. 2/4, so a folder job spreads "
+              "over processes or machines; N shards together write exactly what one run writes. Default: torchrun's "
+              "RANK/WORLD_SIZE when set, else everything.")
 
 
 def emit_text(destination: str, text: str) -> None:

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from rainkit.cli.app import app, console, emit_text
+from rainkit.cli.app import SHARD_HELP, app, console, emit_text
 
 
 @app.command("derain")
@@ -23,6 +23,7 @@ def derain_command(
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into sub-folders of folder inputs."),
     fmt: str = typer.Option("png", "--format", "-f", help="Output format: png, jpg, webp or tif."),
     quality: Optional[int] = typer.Option(None, "--quality", min=1, max=100, help="JPEG/WebP quality (default 95)."),
+    shard: Optional[str] = typer.Option(None, "--shard", help=SHARD_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo outputs that already exist (default: skip them, so a batch resumes)."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Write a JSON summary to this file ('-' for stdout)."),
     no_sidecar: bool = typer.Option(False, "--no-sidecar", help="Do not write a <output>.json record beside each output."),
@@ -48,8 +49,8 @@ def derain_command(
     with BatchProgress(console, "derain") as progress:
         result = derain_paths(inputs, output, model=model, weights=weights, device=device, precision=precision,
                               tile=tile, recursive=recursive, fmt=fmt, quality=quality, overwrite=overwrite,
-                              sidecar=not no_sidecar, on_start=progress.on_start, on_progress=progress.on_progress,
-                              on_tile=progress.on_tile)
+                              sidecar=not no_sidecar, shard=shard, on_start=progress.on_start,
+                              on_progress=progress.on_progress, on_tile=progress.on_tile)
     _render(result)
     if json_out:
         emit_text(json_out, json.dumps(result.to_json(), indent=2) + "\n")
@@ -59,6 +60,8 @@ def derain_command(
 def _render(result) -> None:
     from rich.markup import escape
     from rich.table import Table
+
+    from rainkit.cli.progress import print_failures
 
     table = Table(title="rainkit derain", show_lines=False)
     table.add_column("input", overflow="fold")
@@ -80,5 +83,4 @@ def _render(result) -> None:
         f"{result.count('failed')} failed in {result.seconds:.1f} s — model {settings.get('model')}, "
         f"weights {escape(str(settings.get('weights')))} (sha256 {str(settings.get('weights_sha256'))[:12]}), "
         f"{settings.get('device')} {settings.get('precision')}", highlight=False)
-    for item in result.failed:
-        console.print(f"[red]failed:[/red] {escape(item.error or item.input)}", highlight=False, soft_wrap=True)
+    print_failures(result)

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from rainkit.cli.app import app, console
+from rainkit.cli.app import SHARD_HELP, app, console
 
 
 @app.command("generate")
@@ -35,12 +35,13 @@ def generate_command(
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into sub-folders."),
     fmt: str = typer.Option("png", "--format", "-f", help="png, jpg, webp or tif."),
     quality: Optional[int] = typer.Option(None, "--quality", min=1, max=100),
+    shard: Optional[str] = typer.Option(None, "--shard", help=SHARD_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo existing outputs (default: skip them)."),
 ) -> int:
     """Add weather to images at their native resolution, reproducibly: physics models or a learned generator."""
     from rich.markup import escape
 
-    from rainkit.cli.progress import BatchProgress
+    from rainkit.cli.progress import BatchProgress, print_failures
     from rainkit.synth.batch import GenerateSettings, choose_method, generate_paths, megapixels_per_second
 
     if len(paths) < 2:
@@ -68,8 +69,8 @@ def generate_command(
     settings = replace(settings, method=choice.method, weights=choice.weights)
     with BatchProgress(console, f"{domain} ({choice.method})") as progress:
         result = generate_paths(inputs, output, settings, recursive=recursive, pairs=pairs, fmt=fmt, quality=quality,
-                                overwrite=overwrite, on_start=progress.on_start, on_progress=progress.on_progress,
-                                on_tile=progress.on_tile)
+                                overwrite=overwrite, shard=shard, on_start=progress.on_start,
+                                on_progress=progress.on_progress, on_tile=progress.on_tile)
     record = result.settings
     used = (f"tpsence, weights {escape(str(record.get('weights')))} (sha256 {str(record.get('weights_sha256'))[:12]}), "
             f"{record.get('device')} {record.get('precision')}"
@@ -78,6 +79,5 @@ def generate_command(
     console.print(f"{result.count('done')} done, {result.count('skipped')} skipped, {result.count('failed')} failed "
                   f"into {escape(str(output))} ({megapixels_per_second(result):.1f} MP/s, seed {seed}; {used})",
                   highlight=False, soft_wrap=True)
-    for item in result.failed:
-        console.print(f"[red]failed:[/red] {escape(item.error or item.input)}", highlight=False, soft_wrap=True)
+    print_failures(result)
     return 0 if result.ok else 1

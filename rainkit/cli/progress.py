@@ -1,4 +1,4 @@
-"""The progress display of the batch commands (`derain`, `generate`, `detect`): a bar over the files with the
+"""The progress display of the batch commands (`derain`, `generate`, `segment`, `detect`): a bar over the files with the
 current file's name, a second bar over the tiles of a large image while it runs, and each failure
 printed as it happens (the batch goes on; the summary comes at the end)."""
 
@@ -45,3 +45,16 @@ class BatchProgress:
         if item.status == "failed":
             self.progress.console.print(f"[red]failed[/red] {escape(item.error or '')}", highlight=False,
                                         soft_wrap=True)
+        elif item.note:
+            self.progress.console.print(f"[yellow]redone[/yellow] {escape(item.note)}", highlight=False,
+                                        soft_wrap=True)
+
+
+def print_failures(result) -> None:
+    """The end-of-batch list: each failure (file and reason) on one line, after the summary."""
+    from rich.markup import escape
+
+    from rainkit.cli.app import console
+
+    for item in result.failed:
+        console.print(f"[red]failed:[/red] {escape(item.error or item.input)}", highlight=False, soft_wrap=True)

@@ -4,6 +4,7 @@ from rainkit.derain.engine import Derainer, load_derainer
 
 __all__ = ["Derainer", "load_derainer"]
 
-from rainkit.derain.batch import BatchResult, ItemResult, derain_files, derain_paths, plan_jobs  # noqa: E402
+from rainkit.derain.batch import derain_files, derain_paths  # noqa: E402
+from rainkit.io.batch import BatchResult, ItemResult, plan_jobs  # noqa: E402
 
 __all__ += ["BatchResult", "ItemResult", "derain_files", "derain_paths", "plan_jobs"]

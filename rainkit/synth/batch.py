@@ -10,7 +10,6 @@ and why.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -19,9 +18,9 @@ import numpy as np
 
 from rainkit._version import __version__
 from rainkit.data.images import encode_image, read_image
+from rainkit.errors import RainkitError
 from rainkit.io.atomic import atomic_write_bytes, atomic_write_json
-from rainkit.derain.batch import BatchResult, ItemResult, plan_jobs
-from rainkit.errors import InputError, RainkitError
+from rainkit.io.batch import BatchResult, ItemResult, Job, Shard, plan_jobs, run_batch
 from rainkit.synth.physics import DOMAINS, PRESETS, image_seed, synthesize
 
 METHODS = ("physics", "tpsence", "auto")
@@ -126,11 +125,13 @@ def generate_paths(
     fmt: str = "png",
     quality: int | None = None,
     overwrite: bool = False,
+    shard: Shard | str | None = None,
     on_start: Callable[[int], None] | None = None,
     on_progress: Callable[[ItemResult, int, int], None] | None = None,
     on_tile: Callable[[int, int], None] | None = None,
 ) -> BatchResult:
-    """Write weather versions of `inputs` into `output`.
+    """Write weather versions of `inputs` into `output` (`shard`: only this shard's share, `K/N`; default
+    torchrun's rank when set).
 
     With `pairs`, writes `output/rain/<name>` (degraded) and `output/norain/<name>.png` (the clean
     input, losslessly), a layout `rainkit train` and `rainkit benchmark` read; other domains use
@@ -146,7 +147,8 @@ def generate_paths(
     output = Path(output)
     degraded_dir = output / settings.domain if pairs else output
     clean_dir = (output / ("norain" if settings.domain == "rain" else "clear")) if pairs else None
-    jobs = plan_jobs(inputs, degraded_dir, recursive=recursive, fmt=fmt)
+    shard = shard if isinstance(shard, Shard) else Shard.parse(shard)
+    jobs = shard.take(plan_jobs(inputs, degraded_dir, recursive=recursive, fmt=fmt))
     generator = None
     if settings.method == "physics":
         record = {"rainkit_version": __version__, "method": "physics", "domain": settings.domain,
@@ -174,47 +176,32 @@ def generate_paths(
         def render(rgb: np.ndarray, name: str) -> np.ndarray:
             return synthesize(rgb, settings.domain, preset=settings.preset, intensity=settings.intensity,
                               seed=image_seed(settings.seed, name))
-    if on_start:
-        on_start(len(jobs))
-    result = BatchResult(settings=record)
-    start = time.perf_counter()
-    for index, job in enumerate(jobs, start=1):
-        item = _generate_one(job, render, degraded_dir, clean_dir, fmt, quality, overwrite)
-        result.items.append(item)
-        if on_progress:
-            on_progress(item, index, len(jobs))
-    result.seconds = time.perf_counter() - start
-    return result
 
+    def clean_output(job: Job) -> Path | None:
+        return clean_dir / job.output.relative_to(degraded_dir).with_suffix(".png") if clean_dir else None
 
-def _generate_one(job, render: Callable[[np.ndarray, str], np.ndarray], degraded_dir: Path, clean_dir: Path | None,
-                  fmt: str, quality: int | None, overwrite: bool) -> ItemResult:
-    label = str(job.source) if job.source is not None else job.spec
-    if job.error:
-        return ItemResult(label, str(job.output) if job.output else None, "failed", job.error)
-    clean_out = clean_dir / job.output.relative_to(degraded_dir).with_suffix(".png") if clean_dir else None
-    if job.output.exists() and (clean_out is None or clean_out.exists()) and not overwrite:
-        return ItemResult(label, str(job.output), "skipped")
-    started = time.perf_counter()
-    try:
+    def outputs_of(job: Job) -> list[Path]:
+        return [job.output] + ([clean_output(job)] if clean_dir else [])
+
+    def generate_one(job: Job) -> ItemResult:
         image = read_image(job.source)
         height, width = image.rgb.shape[:2]
         name = job.output.relative_to(degraded_dir).with_suffix("").as_posix()
         clean = image.rgb
         image.rgb = render(clean, name)
         data = encode_image(image, job.output.suffix, quality)
+        clean_out = clean_output(job)
         if clean_out is not None:
             image.rgb = clean
             atomic_write_bytes(clean_out, encode_image(image, ".png"))
         atomic_write_bytes(job.output, data)
-        return ItemResult(label, str(job.output), "done", seconds=time.perf_counter() - started, width=width, height=height)
-    except (InputError, RainkitError, ValueError, OSError) as exc:
-        message = str(exc) if isinstance(exc, InputError) else f"{job.source}: {exc}"
-        return ItemResult(label, str(job.output), "failed", message.splitlines()[0], time.perf_counter() - started)
-    except (RuntimeError, MemoryError) as exc:  # e.g. out of memory in the learned generator
-        text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        return ItemResult(label, str(job.output), "failed", f"{job.source}: {type(exc).__name__}: {text}",
-                          time.perf_counter() - started)
+        return ItemResult(job.label, str(job.output), "done", width=width, height=height)
+
+    result = run_batch(jobs, generate_one, outputs_of=outputs_of, overwrite=overwrite, settings=record,
+                       on_start=on_start, on_progress=on_progress)
+    if not shard.whole:
+        result.settings["shard"] = str(shard)
+    return result
 
 
 def megapixels_per_second(result: BatchResult) -> float:
