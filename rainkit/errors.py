@@ -9,6 +9,16 @@ class RainkitError(Exception):
     """Base class: an error the user can act on (shown without a traceback by the CLI)."""
 
 
+class ParameterError(RainkitError):
+    """A parameter of a library call has a value it cannot take. `parameter` is the Python name, so each front
+    end can say which of its own options that is (the CLI shows `--derain-weights`, not `derain_weights`)."""
+
+    def __init__(self, parameter: str, detail: str):
+        self.parameter = parameter
+        self.detail = detail
+        super().__init__(f"{parameter}: {detail}")
+
+
 class InputError(RainkitError):
     """An input image or folder cannot be used."""
 

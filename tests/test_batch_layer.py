@@ -206,3 +206,19 @@ def test_an_output_over_its_input_is_refused_without_naming_a_flag(tmp_path, cap
     jobs = plan_jobs([str(folder)], folder)
     assert "would overwrite an input" in jobs[0].error and "--" not in jobs[0].error
     assert (folder / "img0.png").read_bytes() == before
+
+
+def test_library_errors_name_parameters_and_the_cli_names_its_flags(tmp_path, capsys):
+    from rainkit.errors import ParameterError
+    from rainkit.synth.batch import GenerateSettings
+
+    with pytest.raises(ParameterError) as caught:
+        GenerateSettings(intensity=2.0).validate()
+    assert caught.value.parameter == "intensity" and "--" not in str(caught.value)
+    folder = _folder(tmp_path, count=1)
+    assert main(["generate", str(folder), str(tmp_path / "out"), "--intensity", "2"]) == 1
+    assert "--intensity: must be within 0..1" in capsys.readouterr().err
+    assert main(["detect", str(folder), "--derained", str(tmp_path / "nowhere"), "--no-derain"]) != 0
+    capsys.readouterr()
+    assert main(["detect", str(folder), "--derained", str(tmp_path / "nowhere")]) == 1
+    assert f"--derained: {tmp_path / 'nowhere'}: no such folder" in capsys.readouterr().err.replace("\n", "")

@@ -11,12 +11,17 @@ from rainkit.cli import benchmark  # noqa: F401,E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rainkit.errors import RainkitError
-
     from rich.markup import escape
+
+    from rainkit.cli.app import option_name
+    from rainkit.errors import ParameterError, RainkitError
 
     try:
         code = app(args=argv, prog_name="rainkit", standalone_mode=False)
+    except ParameterError as exc:
+        flag = option_name(_command(sys.argv[1:] if argv is None else argv), exc.parameter)
+        console.print(f"[red]error:[/red] {escape(flag)}: {escape(exc.detail)}", highlight=False, soft_wrap=True)
+        return 1
     except RainkitError as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 1
@@ -36,6 +41,13 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         raise
     return code if isinstance(code, int) else 0
+
+
+def _command(argv: list[str]) -> str | None:
+    """The subcommand named on a command line (the first word that is one)."""
+    names = {command.name or command.callback.__name__ for command in app.registered_commands}
+    names |= {group.name for group in app.registered_groups}
+    return next((word for word in argv if word in names), None)
 
 
 def _click_kind(exc: BaseException) -> str | None:

@@ -25,6 +25,20 @@ SHARD_HELP = ("Process only shard K of N (every Nth input, starting at the Kth),
               "RANK/WORLD_SIZE when set, else everything.")
 
 
+# Library parameters whose command-line option is not simply `--name-with-dashes`, per command.
+OPTION_NAMES: dict[str, dict[str, str]] = {
+    "detect": {"derained_dir": "--derained", "inputs": "IMAGES", "output": "--output"},
+    "generate": {"output": "PATHS (the output folder comes last)", "inputs": "PATHS"},
+    "derain": {"inputs": "INPUTS"},
+    "segment": {"inputs": "INPUTS"},
+}
+
+
+def option_name(command: str | None, parameter: str) -> str:
+    """The command-line name of a library parameter, for messages."""
+    return OPTION_NAMES.get(command or "", {}).get(parameter, "--" + parameter.replace("_", "-"))
+
+
 def emit_text(destination: str, text: str) -> None:
     """Write a report to a file atomically, or to stdout when the destination is '-'."""
     if destination == "-":

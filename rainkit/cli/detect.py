@@ -43,7 +43,7 @@ def detect_command(
 ) -> int:
     """Run a YOLO detector on rainy, derained and clean images and show what deraining recovers."""
     from rainkit.cli.progress import BatchProgress
-    from rainkit.detect.runner import run_detect
+    from rainkit.detect.runner import DetectSettings, run_detect
 
     if output is not None and output.exists() and not output.is_dir():
         raise typer.BadParameter(f"{output} exists and is not a folder", param_hint="--output")
@@ -58,14 +58,14 @@ def detect_command(
     if save_conditions and output is None:
         raise typer.BadParameter("--save-conditions needs an output folder (-o)", param_hint="--save-conditions")
 
+    settings = DetectSettings(labels=labels, clean=clean, dataset=dataset, data_root=data_root, add_rain=add_rain,
+                              seed=seed, detector=detector, imgsz=imgsz, derain=not no_derain,
+                              derain_model=derain_model, derain_weights=derain_weights, derained_dir=derained,
+                              device=device, precision=precision, tile=tile, conf=conf, iou=iou, classes=classes,
+                              recursive=recursive, limit=limit, output=output, save_images=save_images, pick=pick,
+                              save_conditions=save_conditions)
     with BatchProgress(console, "detect") as progress:
-        result = run_detect(images or None, labels=labels, clean=clean, dataset=dataset, data_root=data_root,
-                            add_rain=add_rain, seed=seed, detector=detector, imgsz=imgsz, derain=not no_derain,
-                            derain_model=derain_model, derain_weights=derain_weights, derained_dir=derained,
-                            device=device, precision=precision, tile=tile, conf=conf, iou=iou, classes=classes,
-                            recursive=recursive, limit=limit, output=output, save_images=save_images, pick=pick,
-                            save_conditions=save_conditions, on_start=progress.on_start,
-                            on_progress=progress.on_progress)
+        result = run_detect(images or None, settings, on_start=progress.on_start, on_progress=progress.on_progress)
     render(result, per_class=per_class)
     if json_out:
         import json
@@ -83,6 +83,8 @@ def _f(value: float | None, digits: int = 3) -> str:
 def render(result, per_class: bool = False) -> None:
     from rich.markup import escape
     from rich.table import Table
+
+    from rainkit.cli.progress import print_failures
 
     settings = result.settings
     title = f"rainkit detect — {escape(str(settings['detector'].get('detector')))} vs {result.reference}"
@@ -128,8 +130,7 @@ def render(result, per_class: bool = False) -> None:
     if outputs.get("chart"):
         console.print(f"chart: {escape(outputs['chart'])}; {len(outputs.get('annotated', []))} annotated images in "
                       f"{escape(str(Path(outputs['folder']) / 'annotated'))}", highlight=False)
-    for item in result.failed:
-        console.print(f"[red]failed:[/red] {escape(item.error or item.input)}", highlight=False, soft_wrap=True)
+    print_failures(result)
 
 
 def _render_per_class(result) -> None:

@@ -344,32 +344,37 @@ def main_output(job: Job) -> list[Path]:
     return [job.output]
 
 
+def failed_item(job: Job, error: str, seconds: float) -> ItemResult:
+    return ItemResult(job.label, str(job.output) if job.output is not None else None, "failed", error, seconds)
+
+
 def run_batch(
     jobs: Iterable[Job],
     process: Callable[[Job], ItemResult],
     *,
-    outputs_of: Callable[[Job], Sequence[Path]] | None = None,
+    outputs_of: Callable[[Job], Sequence[Path]] | None = main_output,
     overwrite: bool = False,
     decode: Callable[[Path], object] | None = None,
     settings: dict | None = None,
+    failure: Callable[[Job, str, float], ItemResult] = failed_item,
     on_start: Callable[[int], None] | None = None,
     on_progress: Callable[[ItemResult, int, int], None] | None = None,
 ) -> BatchResult:
-    """Run `process` over `jobs` and collect one ItemResult per job.
+    """Run `process` over `jobs` and collect one item per job.
 
     A job planned with an error fails with it. Unless `overwrite`, a job whose outputs (`outputs_of(job)`,
-    default `[job.output]`) all exist and are complete is skipped; one whose outputs exist but are not is
-    redone, with a note saying why. `process` returns the item of a finished job; anything it raises ends
-    that job as failed with a one-line reason, and the batch goes on.
+    default `[job.output]`; None for jobs that write nothing to resume from) all exist and are complete is
+    skipped; one whose outputs exist but are not is redone, with a note saying why. `process` returns the
+    item of a finished job; anything it raises ends that job as failed with a one-line reason (`failure`
+    builds that item: by default an ItemResult), and the batch goes on.
     """
     jobs = list(jobs)
-    outputs_of = outputs_of or main_output
     result = BatchResult(settings=dict(settings or {}))
     started = time.perf_counter()
     if on_start:
         on_start(len(jobs))
     for index, job in enumerate(jobs, start=1):
-        item = _run_job(job, process, outputs_of, overwrite, decode)
+        item = _run_job(job, process, outputs_of, overwrite, decode, failure)
         result.items.append(item)
         if on_progress:
             on_progress(item, index, len(jobs))
@@ -377,28 +382,27 @@ def run_batch(
     return result
 
 
-def _run_job(job: Job, process, outputs_of, overwrite: bool, decode) -> ItemResult:
-    output = str(job.output) if job.output is not None else None
+def _run_job(job: Job, process, outputs_of, overwrite: bool, decode, failure) -> ItemResult:
     if job.error:
-        return ItemResult(job.label, output, "failed", job.error)
+        return failure(job, job.error, 0.0)
     note = None
-    if not overwrite:
+    if outputs_of is not None and not overwrite:
         outputs = list(outputs_of(job))
         present = [p for p in outputs if p.exists() or p.is_symlink()]
         if present:
             problems = [(p, output_problem(p, decode=decode)) for p in outputs]
             bad = [(p, why) for p, why in problems if why is not None and why != "missing"]
             if not bad and len(present) == len(outputs):
-                return ItemResult(job.label, output, "skipped")
+                return ItemResult(job.label, str(job.output), "skipped")
             if bad:
                 note = "; ".join(f"existing output {p} was {why}" for p, why in bad) + ": redone"
     started = time.perf_counter()
     try:
         item = process(job)
     except (InputError, RainkitError, OSError, RuntimeError, MemoryError, ValueError) as exc:
-        return ItemResult(job.label, output, "failed", one_line(exc, job.source), time.perf_counter() - started,
-                          note=note)
+        item = failure(job, one_line(exc, job.source), time.perf_counter() - started)
     if not item.seconds:
         item.seconds = time.perf_counter() - started
-    item.note = note
+    if note:
+        item.note = note
     return item

@@ -18,7 +18,7 @@ import numpy as np
 
 from rainkit._version import __version__
 from rainkit.data.images import encode_image, read_image
-from rainkit.errors import RainkitError
+from rainkit.errors import ParameterError, RainkitError
 from rainkit.io.atomic import atomic_write_bytes, atomic_write_json
 from rainkit.io.batch import BatchResult, ItemResult, Job, Shard, plan_jobs, run_batch
 from rainkit.synth.physics import DOMAINS, PRESETS, image_seed, synthesize
@@ -44,15 +44,15 @@ class GenerateSettings:
 
     def validate(self) -> None:
         if self.method not in METHODS:
-            raise RainkitError(f"unknown method '{self.method}' (available: {', '.join(METHODS)})")
+            raise ParameterError("method", f"unknown method '{self.method}' (available: {', '.join(METHODS)})")
         if self.domain not in DOMAINS:
-            raise RainkitError(f"unknown domain '{self.domain}' (use {', '.join(DOMAINS)})")
+            raise ParameterError("domain", f"unknown domain '{self.domain}' (use {', '.join(DOMAINS)})")
         if self.preset not in PRESETS:
-            raise RainkitError(f"unknown preset '{self.preset}' (use {', '.join(PRESETS)})")
+            raise ParameterError("preset", f"unknown preset '{self.preset}' (use {', '.join(PRESETS)})")
         if self.intensity is not None and not 0.0 <= self.intensity <= 1.0:
-            raise RainkitError(f"--intensity must be within 0..1, got {self.intensity}")
+            raise ParameterError("intensity", f"must be within 0..1, got {self.intensity}")
         if self.tile is not None and self.tile < 0:
-            raise RainkitError(f"--tile must be 0 (whole image) or a positive size, got {self.tile}")
+            raise ParameterError("tile", f"must be 0 (whole image) or a positive size, got {self.tile}")
 
 
 @dataclass(frozen=True)
