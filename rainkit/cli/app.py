@@ -25,11 +25,18 @@ SHARD_HELP = ("Process only shard K of N (every Nth input, starting at the Kth),
               "RANK/WORLD_SIZE when set, else everything.")
 
 
+VIDEO_HELP = {
+    "codec": "Video encoder of video outputs (FFmpeg's name): libx264 (default), libx264rgb (with --crf 0: lossless), "
+             "mpeg4, ...",
+    "crf": "Quality of libx264 video outputs, 0 (lossless) to 51; default 18.",
+    "frames": "Write each video as a PNG sequence into FRAMES/<name>/ instead of a video file.",
+}
+
 # Library parameters whose command-line option is not simply `--name-with-dashes`, per command.
 OPTION_NAMES: dict[str, dict[str, str]] = {
     "detect": {"derained_dir": "--derained", "inputs": "IMAGES", "output": "--output"},
-    "generate": {"output": "PATHS (the output folder comes last)", "inputs": "PATHS"},
-    "derain": {"inputs": "INPUTS"},
+    "derain": {"inputs": "INPUTS", "frames_dir": "--frames"},
+    "generate": {"output": "PATHS (the output folder comes last)", "inputs": "PATHS", "frames_dir": "--frames"},
     "segment": {"inputs": "INPUTS"},
 }
 

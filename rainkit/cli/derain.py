@@ -8,12 +8,12 @@ from typing import List, Optional
 
 import typer
 
-from rainkit.cli.app import SHARD_HELP, app, console, emit_text
+from rainkit.cli.app import SHARD_HELP, VIDEO_HELP, app, console, emit_text
 
 
 @app.command("derain")
 def derain_command(
-    inputs: Optional[List[str]] = typer.Argument(None, help="Image files, folders or glob patterns."),
+    inputs: Optional[List[str]] = typer.Argument(None, help="Image or video files, folders or glob patterns."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output folder (default: beside a single input, as <name>_derained.png)."),
     model: str = typer.Option("sapnet", "--model", "-m", help="Architecture: sapnet or prenet."),
     weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Registered weights name (see `rainkit weights list`) or a checkpoint path."),
@@ -24,14 +24,18 @@ def derain_command(
     fmt: str = typer.Option("png", "--format", "-f", help="Output format: png, jpg, webp or tif."),
     quality: Optional[int] = typer.Option(None, "--quality", min=1, max=100, help="JPEG/WebP quality (default 95)."),
     shard: Optional[str] = typer.Option(None, "--shard", help=SHARD_HELP),
+    codec: str = typer.Option("libx264", "--codec", help=VIDEO_HELP["codec"]),
+    crf: int = typer.Option(18, "--crf", min=0, max=51, help=VIDEO_HELP["crf"]),
+    frames: Optional[Path] = typer.Option(None, "--frames", help=VIDEO_HELP["frames"]),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo outputs that already exist (default: skip them, so a batch resumes)."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Write a JSON summary to this file ('-' for stdout)."),
     no_sidecar: bool = typer.Option(False, "--no-sidecar", help="Do not write a <output>.json record beside each output."),
     sample: bool = typer.Option(False, "--sample", help="Derain the rainy sample image shipped with rainkit (output: -o or the current folder)."),
 ) -> int:
-    """Remove rain from images with SAPNet or PReNet."""
+    """Remove rain from images and videos with SAPNet or PReNet."""
     from rainkit.cli.progress import BatchProgress
     from rainkit.derain.batch import derain_paths
+    from rainkit.video.batch import VideoOptions
     from rainkit.data.images import SAMPLE_RAINY_IMAGE
 
     inputs = list(inputs or [])
@@ -49,8 +53,9 @@ def derain_command(
     with BatchProgress(console, "derain") as progress:
         result = derain_paths(inputs, output, model=model, weights=weights, device=device, precision=precision,
                               tile=tile, recursive=recursive, fmt=fmt, quality=quality, overwrite=overwrite,
-                              sidecar=not no_sidecar, shard=shard, on_start=progress.on_start,
-                              on_progress=progress.on_progress, on_tile=progress.on_tile)
+                              sidecar=not no_sidecar, shard=shard, video=VideoOptions(codec, crf, frames),
+                              on_start=progress.on_start, on_progress=progress.on_progress,
+                              on_tile=progress.on_tile, on_frame=progress.on_frame)
     _render(result)
     if json_out:
         emit_text(json_out, json.dumps(result.to_json(), indent=2) + "\n")

@@ -7,12 +7,12 @@ from typing import List, Optional
 
 import typer
 
-from rainkit.cli.app import SHARD_HELP, app, console
+from rainkit.cli.app import SHARD_HELP, VIDEO_HELP, app, console
 
 
 @app.command("generate")
 def generate_command(
-    paths: List[str] = typer.Argument(..., help="Input files, folders or globs, then the output folder last."),
+    paths: List[str] = typer.Argument(..., help="Input images or videos (files, folders or globs), then the output folder last."),
     method: Optional[str] = typer.Option(None, "--method", help="physics; tpsence (learned generator: the domain's "
                                          "registered weights or --weights); auto (tpsence when weights for the domain "
                                          "exist, else physics). Default: auto, or physics when --preset or "
@@ -31,11 +31,17 @@ def generate_command(
     work_width: int = typer.Option(0, "--work-width", min=0, help="tpsence: make the weather with the image scaled to "
                                    "this width and add it back at full resolution (e.g. the width the generator was "
                                    "trained at); 0 = run on the image as is."),
+    fall_speed: float = typer.Option(24.0, "--fall-speed", min=0.0, help="Videos, physics rain and snow: how "
+                                     "far the nearest rain falls a frame, in pixels at a 480 px short side (snow "
+                                     "falls at an eighth of it); 0 = still weather."),
     pairs: bool = typer.Option(False, "--pairs", help="Also write the clean inputs: OUT/rain/ + OUT/norain/ (train/benchmark layout)."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into sub-folders."),
     fmt: str = typer.Option("png", "--format", "-f", help="png, jpg, webp or tif."),
     quality: Optional[int] = typer.Option(None, "--quality", min=1, max=100),
     shard: Optional[str] = typer.Option(None, "--shard", help=SHARD_HELP),
+    codec: str = typer.Option("libx264", "--codec", help=VIDEO_HELP["codec"]),
+    crf: int = typer.Option(18, "--crf", min=0, max=51, help=VIDEO_HELP["crf"]),
+    frames: Optional[Path] = typer.Option(None, "--frames", help=VIDEO_HELP["frames"]),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo existing outputs (default: skip them)."),
 ) -> int:
     """Add weather to images at their native resolution, reproducibly: physics models or a learned generator."""
@@ -43,6 +49,7 @@ def generate_command(
 
     from rainkit.cli.progress import BatchProgress, print_failures
     from rainkit.synth.batch import GenerateSettings, choose_method, generate_paths, megapixels_per_second
+    from rainkit.video.batch import VideoOptions
 
     if len(paths) < 2:
         raise typer.BadParameter("give at least one input and the output folder", param_hint="PATHS")
@@ -53,7 +60,7 @@ def generate_command(
         method = "physics" if (preset is not None or intensity is not None) and not weights else "auto"
     settings = GenerateSettings(method=method, domain=domain, preset=preset or "light", intensity=intensity, seed=seed,
                                 weights=weights, device=device, precision=precision, tile=tile,
-                                work_width=work_width)
+                                work_width=work_width, fall_speed=fall_speed)
     settings.validate()
     choice = choose_method(method, domain, weights)
     if method == "auto" or choice.method != "physics":
@@ -69,8 +76,9 @@ def generate_command(
     settings = replace(settings, method=choice.method, weights=choice.weights)
     with BatchProgress(console, f"{domain} ({choice.method})") as progress:
         result = generate_paths(inputs, output, settings, recursive=recursive, pairs=pairs, fmt=fmt, quality=quality,
-                                overwrite=overwrite, shard=shard, on_start=progress.on_start,
-                                on_progress=progress.on_progress, on_tile=progress.on_tile)
+                                overwrite=overwrite, shard=shard, video=VideoOptions(codec, crf, frames),
+                                on_start=progress.on_start, on_progress=progress.on_progress,
+                                on_tile=progress.on_tile, on_frame=progress.on_frame)
     record = result.settings
     used = (f"tpsence, weights {escape(str(record.get('weights')))} (sha256 {str(record.get('weights_sha256'))[:12]}), "
             f"{record.get('device')} {record.get('precision')}"

@@ -11,11 +11,12 @@ class BatchProgress:
     """A transient Rich progress display whose methods are the batch functions' callbacks."""
 
     def __init__(self, console, label: str):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
 
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[current]}"), TimeElapsedColumn(), console=console,
-                                 transient=True)
+                                 TextColumn("{task.fields[current]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                 console=console, transient=True)
         self.label = label
         self._files = None
         self._tiles = None
@@ -31,9 +32,19 @@ class BatchProgress:
         self._files = self.progress.add_task(self.label, total=total, current="")
 
     def on_tile(self, done: int, total: int) -> None:
+        self._sub("  tiles", done, total)
+
+    def on_frame(self, done: int, total: int) -> None:
+        """Frames of a video: the bar shows frames per second and the time left."""
+        self._sub("  frames", done, total)
+
+    def _sub(self, label: str, done: int, total: int) -> None:
         if self._tiles is None:
-            self._tiles = self.progress.add_task("  tiles", total=total, current="")
+            self._tiles = self.progress.add_task(label, total=total, current="")
         self.progress.update(self._tiles, completed=done, total=total)
+        task = next((t for t in self.progress.tasks if t.id == self._tiles), None)
+        if label.strip() == "frames" and task is not None and task.speed:
+            self.progress.update(self._tiles, current=f"{task.speed:.1f} fps")
 
     def on_progress(self, item, index: int, total: int) -> None:
         from rich.markup import escape

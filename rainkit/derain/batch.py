@@ -10,11 +10,15 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from rainkit._version import __version__
-from rainkit.data.images import encode_image, read_image
+from rainkit.data.images import encode_image, read_image, to_uint8
 from rainkit.derain.engine import Derainer
 from rainkit.io.atomic import atomic_write_bytes, atomic_write_json
 from rainkit.io.batch import BatchResult, ItemResult, Job, Shard, plan_jobs, run_batch, sha256_bytes, sidecar_path
+from rainkit.video.batch import VideoOptions, check_output, run_video_job, video_output_of
+from rainkit.video.pipeline import is_video_name
 
 SUFFIX_SINGLE = "_derained"
 
@@ -26,13 +30,24 @@ def derain_files(
     overwrite: bool = False,
     quality: int | None = None,
     sidecar: bool = True,
+    video: VideoOptions = VideoOptions(),
     on_start: Callable[[int], None] | None = None,
     on_progress: Callable[[ItemResult, int, int], None] | None = None,
     on_tile: Callable[[int, int], None] | None = None,
+    on_frame: Callable[[int, int], None] | None = None,
 ) -> BatchResult:
-    """Derain every job; complete existing outputs are skipped unless `overwrite` (so a killed batch resumes)."""
+    """Derain every job (images and videos); complete existing outputs are skipped unless `overwrite` (so a
+    killed batch resumes)."""
+
+    def derain_frame(rgb: np.ndarray, index: int) -> np.ndarray:
+        # As the photo path does it: 8-bit frame -> float -> network -> rounded to 8 bits.
+        return to_uint8(derainer.derain(rgb.astype(np.float32) / 255.0))
 
     def derain_one(job: Job) -> ItemResult:
+        if is_video_name(job.source):
+            described = derainer.describe()
+            run_key = f"{described.get('weights_sha256')}:{described.get('precision')}:{derainer.tile}"
+            return run_video_job(job, derain_frame, video, record=described, run_key=run_key, on_frame=on_frame)
         started = time.perf_counter()
         image = read_image(job.source)
         height, width = image.rgb.shape[:2]
@@ -57,9 +72,12 @@ def derain_files(
         return ItemResult(job.label, str(job.output), "done", seconds=seconds, width=width, height=height,
                           tile=derainer.last_tile)
 
+    def outputs_of(job: Job) -> list[Path]:
+        return [video_output_of(job, video) if job.source is not None and is_video_name(job.source) else job.output]
+
     settings = {**derainer.describe(), "tile": derainer.tile if derainer.tile is not None else "auto"}
-    return run_batch(jobs, derain_one, overwrite=overwrite, settings=settings, on_start=on_start,
-                     on_progress=on_progress)
+    return run_batch(jobs, derain_one, outputs_of=outputs_of, overwrite=overwrite, decode=check_output,
+                     settings=settings, on_start=on_start, on_progress=on_progress)
 
 
 def derain_paths(
@@ -77,19 +95,25 @@ def derain_paths(
     overwrite: bool = False,
     sidecar: bool = True,
     shard: Shard | str | None = None,
+    video: VideoOptions = VideoOptions(),
     on_start: Callable[[int], None] | None = None,
     on_progress: Callable[[ItemResult, int, int], None] | None = None,
     on_tile: Callable[[int, int], None] | None = None,
+    on_frame: Callable[[int, int], None] | None = None,
 ) -> BatchResult:
-    """Everything `rainkit derain` does, as one call: plan outputs, take this shard's share (`shard`: `K/N`,
-    default torchrun's rank when set), load the model, run the batch."""
+    """Everything `rainkit derain` does, as one call: plan outputs (videos keep a video container, or become
+    PNG sequences with `video.frames_dir`), take this shard's share (`shard`: `K/N`, default torchrun's rank
+    when set), load the model, run the batch."""
     from rainkit.derain.engine import load_derainer
 
     shard = shard if isinstance(shard, Shard) else Shard.parse(shard)
-    jobs = shard.take(plan_jobs(inputs, output, recursive=recursive, fmt=fmt, beside_suffix=SUFFIX_SINGLE))
+    jobs = shard.take(plan_jobs(inputs, output, recursive=recursive, fmt=fmt, beside_suffix=SUFFIX_SINGLE,
+                                videos=True))
+    if any(job.source is not None and is_video_name(job.source) for job in jobs):
+        video.validate()
     derainer = load_derainer(model, weights, device=device, precision=precision, tile=tile)
-    result = derain_files(derainer, jobs, overwrite=overwrite, quality=quality, sidecar=sidecar, on_start=on_start,
-                          on_progress=on_progress, on_tile=on_tile)
+    result = derain_files(derainer, jobs, overwrite=overwrite, quality=quality, sidecar=sidecar, video=video,
+                          on_start=on_start, on_progress=on_progress, on_tile=on_tile, on_frame=on_frame)
     if not shard.whole:
         result.settings["shard"] = str(shard)
     return result

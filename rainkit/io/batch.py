@@ -37,6 +37,12 @@ def is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
+def is_image_or_video_name(path: Path) -> bool:
+    from rainkit.video.pipeline import is_video_name
+
+    return is_image_name(path) or is_video_name(path)
+
+
 def normalise_format(fmt: str) -> str:
     fmt = fmt.lower().lstrip(".")
     fmt = {"jpeg": "jpg", "tiff": "tif"}.get(fmt, fmt)
@@ -94,16 +100,18 @@ def real_path(path: Path) -> Path:
     return Path(os.path.realpath(path))
 
 
-def _folder_files(folder: Path, recursive: bool) -> list[Path]:
-    """Image-named entries of a folder: regular files, and links that cannot be followed (so they are
-    reported, not silently dropped)."""
+def _folder_files(folder: Path, recursive: bool, media: Callable[[Path], bool]) -> list[Path]:
+    """Media entries of a folder: regular files, and links that cannot be followed (so they are reported,
+    not silently dropped)."""
     pattern = "**/*" if recursive else "*"
-    return sorted(p for p in folder.glob(pattern) if is_image_name(p) and (p.is_file() or link_problem(p)))
+    return sorted(p for p in folder.glob(pattern) if media(p) and (p.is_file() or link_problem(p)))
 
 
-def expand_inputs(specs: Sequence[str], *, recursive: bool = False) -> list[Found | Unmatched]:
+def expand_inputs(specs: Sequence[str], *, recursive: bool = False,
+                  media: Callable[[Path], bool] = is_image_name) -> list[Found | Unmatched]:
     """Files, folders and glob patterns -> the files they name, in order, each with the problem that stops
-    it being read where one is known before reading (link loops, broken links)."""
+    it being read where one is known before reading (link loops, broken links). In folders, the files
+    `media` accepts (by name) are taken: images by default."""
     out: list[Found | Unmatched] = []
     for spec in specs:
         path = Path(spec).expanduser()
@@ -111,7 +119,7 @@ def expand_inputs(specs: Sequence[str], *, recursive: bool = False) -> list[Foun
         if problem is not None:
             out.append(Found(path, None, spec, f"{path}: {problem}"))
         elif path.is_dir():
-            files = _folder_files(path, recursive)
+            files = _folder_files(path, recursive, media)
             if not files:
                 out.append(Unmatched(spec, f"{spec}: no images in folder"
                                      + ("" if recursive else " (use recursive=True / --recursive for sub-folders)")))
@@ -149,17 +157,19 @@ class Job:
 
 
 def plan_jobs(specs: Sequence[str], output_dir: str | Path | None = None, *, recursive: bool = False,
-              fmt: str = "png", beside_suffix: str | None = None) -> list[Job]:
+              fmt: str = "png", beside_suffix: str | None = None, videos: bool = False) -> list[Job]:
     """Expand inputs into (input, output) jobs.
 
     With an output folder, `a/b.jpg` becomes `OUT/b.<fmt>` (files found inside a given folder keep their
-    sub-folders). Without one, each output goes beside its input as `<stem><beside_suffix>.<fmt>`.
+    sub-folders). Without one, each output goes beside its input as `<stem><beside_suffix>.<fmt>`. With
+    `videos`, folders yield videos too, and a video's output keeps a video container
+    (`rainkit.video.video_output_suffix`) instead of `fmt`.
     """
     fmt = normalise_format(fmt)
     if output_dir is None and not beside_suffix:
         raise RainkitError("an output folder is needed (output_dir)")
     out_root = Path(output_dir) if output_dir is not None else None
-    expanded = expand_inputs(specs, recursive=recursive)
+    expanded = expand_inputs(specs, recursive=recursive, media=is_image_or_video_name if videos else is_image_name)
     inputs = {real_path(f.file) for f in expanded if isinstance(f, Found)}
     claimed: dict[Path, Path] = {}
     jobs: list[Job] = []
@@ -168,12 +178,17 @@ def plan_jobs(specs: Sequence[str], output_dir: str | Path | None = None, *, rec
             jobs.append(Job(None, None, item.spec, item.problem))
             continue
         file = item.file
+        suffix = f".{fmt}"
+        if videos:
+            from rainkit.video.pipeline import is_video_name, video_output_suffix
+
+            suffix = video_output_suffix(file) if is_video_name(file) else suffix
         if out_root is None:
-            output = file.with_name(f"{file.stem}{beside_suffix}.{fmt}")
+            output = file.with_name(f"{file.stem}{beside_suffix}{suffix}")
         elif item.folder is not None:
-            output = out_root / file.relative_to(item.folder).with_suffix(f".{fmt}")
+            output = out_root / file.relative_to(item.folder).with_suffix(suffix)
         else:
-            output = out_root / f"{file.stem}.{fmt}"
+            output = out_root / f"{file.stem}{suffix}"
         error = item.problem
         target = real_path(output)
         if error is None:
@@ -247,6 +262,7 @@ class ItemResult:
     width: int | None = None
     height: int | None = None
     tile: int | None = None
+    frames: int | None = None  # videos
     note: str | None = None  # e.g. why an existing output was redone
 
 

@@ -17,11 +17,14 @@ from typing import Callable
 import numpy as np
 
 from rainkit._version import __version__
-from rainkit.data.images import encode_image, read_image
-from rainkit.errors import ParameterError, RainkitError
+from rainkit.data.images import encode_image, read_image, to_uint8
+from rainkit.errors import InputError, ParameterError, RainkitError
 from rainkit.io.atomic import atomic_write_bytes, atomic_write_json
 from rainkit.io.batch import BatchResult, ItemResult, Job, Shard, plan_jobs, run_batch
+from rainkit.synth.motion import DEFAULT_RAIN_FALL, MovingWeather
 from rainkit.synth.physics import DOMAINS, PRESETS, image_seed, synthesize
+from rainkit.video.batch import VideoOptions, check_output, run_video_job, video_output_of
+from rainkit.video.pipeline import is_video_name
 
 METHODS = ("physics", "tpsence", "auto")
 RECORD_NAME = "rainkit-generate.json"
@@ -41,6 +44,7 @@ class GenerateSettings:
     precision: str = "fp32"  # tpsence
     tile: int | None = None  # tpsence: None = automatic, 0 = whole image
     work_width: int = 0  # tpsence: 0 = native resolution; W = make the weather at W px wide (rainkit.tpsence.generate)
+    fall_speed: float = DEFAULT_RAIN_FALL  # physics video: pixels a frame of the nearest rain at the 480 px reference
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -53,6 +57,8 @@ class GenerateSettings:
             raise ParameterError("intensity", f"must be within 0..1, got {self.intensity}")
         if self.tile is not None and self.tile < 0:
             raise ParameterError("tile", f"must be 0 (whole image) or a positive size, got {self.tile}")
+        if self.fall_speed < 0:
+            raise ParameterError("fall_speed", f"must be 0 (still weather) or more, got {self.fall_speed}")
 
 
 @dataclass(frozen=True)
@@ -126,19 +132,22 @@ def generate_paths(
     quality: int | None = None,
     overwrite: bool = False,
     shard: Shard | str | None = None,
+    video: VideoOptions = VideoOptions(),
     on_start: Callable[[int], None] | None = None,
     on_progress: Callable[[ItemResult, int, int], None] | None = None,
     on_tile: Callable[[int, int], None] | None = None,
+    on_frame: Callable[[int, int], None] | None = None,
 ) -> BatchResult:
-    """Write weather versions of `inputs` into `output` (`shard`: only this shard's share, `K/N`; default
-    torchrun's rank when set).
+    """Write weather versions of `inputs` (images and videos) into `output` (`shard`: only this shard's share,
+    `K/N`; default torchrun's rank when set).
 
     With `pairs`, writes `output/rain/<name>` (degraded) and `output/norain/<name>.png` (the clean
     input, losslessly), a layout `rainkit train` and `rainkit benchmark` read; other domains use
     `output/<domain>/` and `output/clear/`.
     Physics: each image's randomness is seeded from `settings.seed` and its name, so results do not
-    depend on batch order or on which images were already done. tpsence: the generator is
-    deterministic; the seed is recorded all the same. `output/rainkit-generate.json` records the
+    depend on batch order or on which images were already done; in a video, rain and snow move from
+    frame to frame (`rainkit.synth.motion`, `settings.fall_speed`). tpsence: the generator is
+    deterministic, frame by frame; the seed is recorded all the same. `output/rainkit-generate.json` records the
     method and, for the learned one, the model, weights and their sha256.
     """
     settings.validate()
@@ -148,11 +157,14 @@ def generate_paths(
     degraded_dir = output / settings.domain if pairs else output
     clean_dir = (output / ("norain" if settings.domain == "rain" else "clear")) if pairs else None
     shard = shard if isinstance(shard, Shard) else Shard.parse(shard)
-    jobs = shard.take(plan_jobs(inputs, degraded_dir, recursive=recursive, fmt=fmt))
+    jobs = shard.take(plan_jobs(inputs, degraded_dir, recursive=recursive, fmt=fmt, videos=True))
+    if any(job.source is not None and is_video_name(job.source) for job in jobs):
+        video.validate()
     generator = None
     if settings.method == "physics":
         record = {"rainkit_version": __version__, "method": "physics", "domain": settings.domain,
-                  "preset": settings.preset, "intensity": settings.intensity, "seed": settings.seed, "pairs": pairs}
+                  "preset": settings.preset, "intensity": settings.intensity, "seed": settings.seed, "pairs": pairs,
+                  "fall_speed": settings.fall_speed}
     else:
         from rainkit.tpsence.generate import load_generator
 
@@ -181,9 +193,32 @@ def generate_paths(
         return clean_dir / job.output.relative_to(degraded_dir).with_suffix(".png") if clean_dir else None
 
     def outputs_of(job: Job) -> list[Path]:
+        if job.source is not None and is_video_name(job.source):
+            return [video_output_of(job, video)]
         return [job.output] + ([clean_output(job)] if clean_dir else [])
 
+    def generate_video(job: Job) -> ItemResult:
+        if pairs:
+            raise InputError(f"{job.source}: the pairs layout takes images only; generate videos without pairs")
+        name = job.output.relative_to(degraded_dir).with_suffix("").as_posix()
+        if generator is not None:
+            def frame_fn(rgb: np.ndarray, index: int) -> np.ndarray:
+                return to_uint8(generator.generate(rgb.astype(np.float32) / 255.0))
+        else:
+            weather: list[MovingWeather] = []
+
+            def frame_fn(rgb: np.ndarray, index: int) -> np.ndarray:
+                if not weather:
+                    weather.append(MovingWeather(rgb.shape[:2], settings.domain, preset=settings.preset,
+                                                 intensity=settings.intensity, seed=image_seed(settings.seed, name),
+                                                 fall_speed=settings.fall_speed))
+                return to_uint8(weather[0].frame(rgb.astype(np.float32) / 255.0, index))
+        return run_video_job(job, frame_fn, video, record=record, run_key=json.dumps(record, sort_keys=True),
+                             on_frame=on_frame)
+
     def generate_one(job: Job) -> ItemResult:
+        if is_video_name(job.source):
+            return generate_video(job)
         image = read_image(job.source)
         height, width = image.rgb.shape[:2]
         name = job.output.relative_to(degraded_dir).with_suffix("").as_posix()
@@ -197,7 +232,8 @@ def generate_paths(
         atomic_write_bytes(job.output, data)
         return ItemResult(job.label, str(job.output), "done", width=width, height=height)
 
-    result = run_batch(jobs, generate_one, outputs_of=outputs_of, overwrite=overwrite, settings=record,
+    result = run_batch(jobs, generate_one, outputs_of=outputs_of, overwrite=overwrite, decode=check_output,
+                       settings=record,
                        on_start=on_start, on_progress=on_progress)
     if not shard.whole:
         result.settings["shard"] = str(shard)
@@ -207,4 +243,5 @@ def generate_paths(
 def megapixels_per_second(result: BatchResult) -> float:
     done = [i for i in result.items if i.status == "done"]
     seconds = sum(i.seconds for i in done)
-    return float(np.sum([i.width * i.height for i in done]) / 1e6 / seconds) if seconds else 0.0
+    pixels = np.sum([i.width * i.height * (i.frames or 1) for i in done])
+    return float(pixels / 1e6 / seconds) if seconds else 0.0

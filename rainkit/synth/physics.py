@@ -87,9 +87,19 @@ def _line_kernel(length: float, angle_deg: float) -> np.ndarray:
     return kernel / kernel.sum()
 
 
+def periodic(fn, array: np.ndarray, pad: int) -> np.ndarray:
+    """Apply a local filter `fn` as if `array` tiled the plane: pad it with its own opposite edges, filter,
+    crop. The result wraps seamlessly, so it can be shifted (np.roll) without a seam: a moving field."""
+    pad = int(min(pad, array.shape[0], array.shape[1]))
+    if pad <= 0:
+        return fn(array)
+    return fn(np.pad(array, pad, mode="wrap"))[pad:-pad, pad:-pad]
+
+
 def rain_layer(shape: tuple[int, int], params: RainParams, rng: np.random.Generator, *, angle: float,
-               depth: float, scale: float) -> np.ndarray:
-    """One layer of streaks (H x W, float32 >= 0). depth 1 = nearest, smaller = farther."""
+               depth: float, scale: float, wrap: bool = False) -> np.ndarray:
+    """One layer of streaks (H x W, float32 >= 0). depth 1 = nearest, smaller = farther. With `wrap`, the
+    layer tiles the plane seamlessly (for rain that moves across video frames)."""
     height, width = shape
     seeds = rng.random((height, width), dtype=np.float32)
     density = params.density * (0.6 + 0.4 * depth)
@@ -97,14 +107,21 @@ def rain_layer(shape: tuple[int, int], params: RainParams, rng: np.random.Genera
     strength = np.zeros((height, width), np.float32)
     strength[mask] = 0.5 + 0.5 * (seeds[mask] / max(density, 1e-9))  # reuse the draw: brightness per seed
     thickness = params.width * scale * (0.5 + 0.5 * depth)
-    if thickness > 1.0:
-        radius = int(round(thickness / 2))
-        strength = cv2.dilate(strength, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1)))
     length = max(3.0, params.length * scale * (0.4 + 0.6 * depth))
-    streaks = cv2.filter2D(strength, -1, _line_kernel(length, angle), borderType=cv2.BORDER_REFLECT)
     sigma = params.blur * scale * (1.5 - 0.5 * depth)
-    if sigma > 0.3:
-        streaks = cv2.GaussianBlur(streaks, (0, 0), sigma)
+    radius = int(round(thickness / 2)) if thickness > 1.0 else 0
+    kernel = _line_kernel(length, angle)
+
+    def streaks_of(field: np.ndarray) -> np.ndarray:
+        if radius:
+            field = cv2.dilate(field, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1)))
+        field = cv2.filter2D(field, -1, kernel, borderType=cv2.BORDER_REFLECT)
+        return cv2.GaussianBlur(field, (0, 0), sigma) if sigma > 0.3 else field
+
+    if wrap:
+        streaks = periodic(streaks_of, strength, radius + kernel.shape[0] + int(np.ceil(4 * sigma)) + 1)
+    else:
+        streaks = streaks_of(strength)
     peak = float(np.percentile(streaks[streaks > 0], 99.5)) if np.any(streaks > 0) else 1.0
     return np.clip(streaks / max(peak, 1e-6), 0.0, 1.0) * params.brightness * (0.5 + 0.5 * depth)
 
@@ -145,24 +162,67 @@ def _veil(rgb: np.ndarray, *, strength: float, rng: np.random.Generator, smooth:
     return rgb * t[:, :, None] + a[None, None, :] * (1.0 - t[:, :, None])
 
 
+SNOW_DEPTHS = (0.35, 0.6, 1.0)  # far, middle, near flakes
+
+
+def snow_layer(shape: tuple[int, int], intensity: float, rng: np.random.Generator, *, depth: float, scale: float,
+               wrap: bool = False) -> np.ndarray:
+    """Flakes at one depth (H x W in [0, 1]); with `wrap`, flakes cut by an edge continue at the opposite one,
+    so the layer tiles the plane (for snow that falls across video frames)."""
+    height, width = shape
+    count = int(height * width * 0.0015 * intensity * (1.6 - depth))
+    radius = max(0.6, 2.2 * scale * depth)
+    ys = rng.integers(0, height, count)
+    xs = rng.integers(0, width, count)
+    levels = rng.uniform(0.5, 1.0, count).astype(np.float32)
+    sigma = max(0.5, radius * (1.2 - depth))
+    drift = _line_kernel(max(3.0, 6 * scale * depth), rng.uniform(-25, 25))
+    pad = int(np.ceil(radius)) + int(np.ceil(4 * sigma)) + drift.shape[0] + 1 if wrap else 0
+    pad = min(pad, height, width)
+    layer = np.zeros((height + 2 * pad, width + 2 * pad), np.float32)
+    for y, x, v in zip(ys, xs, levels):
+        cv2.circle(layer, (int(x) + pad, int(y) + pad), int(np.ceil(radius)), float(v), -1, lineType=cv2.LINE_AA)
+    if pad:
+        layer = _fold(layer, pad)
+    layer = periodic(lambda f: cv2.GaussianBlur(f, (0, 0), sigma), layer, pad) if wrap else \
+        cv2.GaussianBlur(layer, (0, 0), sigma)
+    layer = periodic(lambda f: cv2.filter2D(f, -1, drift), layer, pad) if wrap else cv2.filter2D(layer, -1, drift)
+    return layer * (0.6 + 0.4 * depth)
+
+
+def _fold(canvas: np.ndarray, pad: int) -> np.ndarray:
+    """The core of a canvas drawn with a margin of `pad`, with what fell in the margins added onto the
+    opposite side (brightest wins, as flakes combine)."""
+    core = canvas[pad:-pad, pad:-pad].copy()
+    height, width = core.shape
+    wrapped = np.zeros_like(core)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy == 0 and dx == 0:
+                continue
+            ys = slice(pad + dy * height, pad + dy * height + height)
+            xs = slice(pad + dx * width, pad + dx * width + width)
+            src = np.zeros_like(core)
+            y0, y1 = max(ys.start, 0), min(ys.stop, canvas.shape[0])
+            x0, x1 = max(xs.start, 0), min(xs.stop, canvas.shape[1])
+            if y0 < y1 and x0 < x1:
+                src[y0 - ys.start:y1 - ys.start, x0 - xs.start:x1 - xs.start] = canvas[y0:y1, x0:x1]
+                wrapped = np.maximum(wrapped, src)
+    return np.maximum(core, wrapped)
+
+
+def composite_snow(rgb: np.ndarray, snow: np.ndarray, intensity: float, rng: np.random.Generator) -> np.ndarray:
+    out = _veil(rgb, strength=0.25 * intensity, rng=rng, smooth=0.3, airlight=(0.9, 0.92, 0.95))
+    return np.clip(out + (1.0 - out) * np.clip(snow, 0, 1)[:, :, None], 0.0, 1.0).astype(np.float32)
+
+
 def add_snow(rgb: np.ndarray, intensity: float, rng: np.random.Generator) -> np.ndarray:
     height, width = rgb.shape[:2]
     scale = max(min(height, width) / REFERENCE_SIDE, 0.25)
     snow = np.zeros((height, width), np.float32)
-    for depth in (0.35, 0.6, 1.0):  # far, middle, near flakes
-        count = int(height * width * 0.0015 * intensity * (1.6 - depth))
-        radius = max(0.6, 2.2 * scale * depth)
-        layer = np.zeros((height, width), np.float32)
-        ys = rng.integers(0, height, count)
-        xs = rng.integers(0, width, count)
-        levels = rng.uniform(0.5, 1.0, count).astype(np.float32)
-        for y, x, v in zip(ys, xs, levels):
-            cv2.circle(layer, (int(x), int(y)), int(np.ceil(radius)), float(v), -1, lineType=cv2.LINE_AA)
-        layer = cv2.GaussianBlur(layer, (0, 0), max(0.5, radius * (1.2 - depth)))
-        drift = _line_kernel(max(3.0, 6 * scale * depth), rng.uniform(-25, 25))
-        snow = np.maximum(snow, cv2.filter2D(layer, -1, drift) * (0.6 + 0.4 * depth))
-    out = _veil(rgb, strength=0.25 * intensity, rng=rng, smooth=0.3, airlight=(0.9, 0.92, 0.95))
-    return np.clip(out + (1.0 - out) * np.clip(snow, 0, 1)[:, :, None], 0.0, 1.0).astype(np.float32)
+    for depth in SNOW_DEPTHS:
+        snow = np.maximum(snow, snow_layer((height, width), intensity, rng, depth=depth, scale=scale))
+    return composite_snow(rgb, snow, intensity, rng)
 
 
 def add_fog(rgb: np.ndarray, intensity: float, rng: np.random.Generator) -> np.ndarray:
@@ -170,7 +230,11 @@ def add_fog(rgb: np.ndarray, intensity: float, rng: np.random.Generator) -> np.n
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-def add_night(rgb: np.ndarray, intensity: float, rng: np.random.Generator) -> np.ndarray:
+def add_night(rgb: np.ndarray, intensity: float, rng: np.random.Generator,
+              noise_rng: np.random.Generator | None = None) -> np.ndarray:
+    """`noise_rng` draws the sensor noise (default: `rng`); video frames pass their own, so the noise changes
+    from frame to frame while the exposure and white balance of the clip stay put."""
+    noise_rng = noise_rng or rng
     linear = np.power(np.clip(rgb, 0, 1), 2.2)
     luminance = linear @ np.array([0.2126, 0.7152, 0.0722], np.float32)
     sources = np.clip((luminance - 0.6) / 0.4, 0.0, 1.0)
@@ -181,8 +245,8 @@ def add_night(rgb: np.ndarray, intensity: float, rng: np.random.Generator) -> np
     glow = cv2.GaussianBlur(sources, (0, 0), side / 60.0) * intensity
     dark += glow[:, :, None] * np.array([1.0, 0.75, 0.45], np.float32) * 1.5
     dark += sources[:, :, None] * linear * 0.9  # lamps stay lit
-    shot = rng.normal(0.0, 1.0, dark.shape).astype(np.float32) * np.sqrt(np.clip(dark, 0, 1) * 0.002 * intensity)
-    read = rng.normal(0.0, 0.004 * intensity, dark.shape).astype(np.float32)
+    shot = noise_rng.normal(0.0, 1.0, dark.shape).astype(np.float32) * np.sqrt(np.clip(dark, 0, 1) * 0.002 * intensity)
+    read = noise_rng.normal(0.0, 0.004 * intensity, dark.shape).astype(np.float32)
     out = np.power(np.clip(dark + shot + read, 0.0, 1.0), 1 / 2.2)
     return out.astype(np.float32)
 

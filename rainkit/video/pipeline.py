@@ -1,0 +1,489 @@
+"""Videos through a per-frame function (deraining, weather), with PyAV (FFmpeg's libraries in a wheel).
+
+What a user gets:
+
+* the same frame count, timestamps (so a variable frame rate is kept), size, display rotation and colour
+  range as the input; audio and subtitle streams copied packet for packet; H.264 by default (`codec`,
+  `crf`), or a PNG sequence (`frames_dir`);
+* decoding, the model and encoding run side by side (a bounded queue of frames between each), so a video
+  runs at the model's speed;
+* resumable: the video is processed in chunks of `chunk_frames` frames; each chunk is encoded on its own
+  (starting with a key frame) into a part file that is renamed into place when the chunk is done. A killed
+  run continues at the first missing chunk, and because every run, interrupted or not, writes the same
+  parts and joins them the same way, the final file is identical to an uninterrupted run's;
+* a truncated or corrupt input: what decodes is processed and written, and the result says at which frame
+  decoding stopped (the caller reports it as a failure).
+
+Nothing here knows about models: `process_video(source, output, fn)` calls `fn(rgb_uint8, index)` for
+every frame in display orientation and expects an RGB uint8 frame of the same size back.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import queue
+import shutil
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from rainkit.errors import InputError, RainkitError
+from rainkit.io.atomic import atomic_write, atomic_write_bytes, atomic_write_json
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
+DEFAULT_CODEC = "libx264"
+DEFAULT_CRF = 18
+DEFAULT_CHUNK_FRAMES = 120
+QUEUE_FRAMES = 8
+PARTS_SUFFIX = ".rainkit-parts"
+
+
+def is_video_name(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_SUFFIXES and not path.name.startswith(".")
+
+
+def video_output_suffix(source: Path) -> str:
+    """The container of an output video: the input's where it holds H.264 with any audio (mp4, mov, mkv),
+    else Matroska, which takes every audio and subtitle codec the input may carry."""
+    suffix = source.suffix.lower()
+    return suffix if suffix in (".mp4", ".mov", ".mkv", ".m4v") else ".mkv"
+
+
+def _require_av():
+    try:
+        import av
+    except ImportError:
+        raise RainkitError("video needs PyAV: pip install av (or pip install 'rainkit[video]')") from None
+    return av
+
+
+# --- what is in a video ----------------------------------------------------------------------------
+
+@dataclass
+class VideoInfo:
+    path: str
+    width: int
+    height: int
+    frames: int  # counted from the packets, not the header's estimate
+    fps: float  # average, for display; the timestamps are what is kept
+    duration: float  # seconds, from the first to the end of the last frame
+    rotation: int  # display rotation in degrees, counter-clockwise
+    color_range: int
+    pix_fmt: str
+    codec: str
+    other_streams: list[str] = field(default_factory=list)  # e.g. ["audio:aac", "subtitle:mov_text"]
+
+
+def _open(path: Path):
+    av = _require_av()
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc).split(":")[-1].strip() or type(exc).__name__
+        raise InputError(f"{path}: not a readable video ({reason})") from None
+    if not container.streams.video:
+        found = ", ".join(s.type for s in container.streams) or "no stream at all"
+        container.close()
+        raise InputError(f"{path}: no video stream ({found})")
+    return container
+
+
+# A file whose header promises this much more than its last video frame was cut short.
+CUT_SHORT_SECONDS = 0.5
+
+
+def _frame_times(container, stream) -> tuple[list[int], str | None]:
+    """The presentation timestamps of every frame, in display order, from the packets (no decoding), and why
+    the packets end early when they do (a damaged or cut file), else None."""
+    import av
+
+    times = []
+    problem = None
+    try:
+        for packet in container.demux(stream):
+            if packet.pts is not None and packet.size:
+                times.append(packet.pts)
+    except av.error.FFmpegError as exc:
+        problem = str(exc).split(":", 1)[-1].strip() or type(exc).__name__
+    times = sorted(set(times))
+    if problem is None and times:
+        promised = (float(stream.duration * stream.time_base) if stream.duration
+                    else (container.duration or 0) / 1e6)
+        rate = float(stream.guessed_rate or stream.average_rate or 25)
+        found = float((times[-1] - times[0]) * stream.time_base) + 1.0 / rate
+        if promised > found + CUT_SHORT_SECONDS:
+            problem = f"the file ends at {found:.2f} s of the {promised:.2f} s its header gives"
+    return times, problem
+
+
+def probe_video(path: str | Path) -> VideoInfo:
+    path = Path(path)
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        context = stream.codec_context
+        rotation = 0
+        import av
+
+        try:
+            first = next(container.decode(stream))
+            rotation = int(round(first.rotation or 0)) % 360
+        except (StopIteration, av.error.FFmpegError):
+            raise InputError(f"{path}: the video stream has no decodable frame") from None
+        container.seek(0)
+        times, _ = _frame_times(container, stream)
+        rate = float(stream.guessed_rate or stream.average_rate or 25)
+        duration = float((times[-1] - times[0]) * stream.time_base) + 1.0 / rate if times else 0.0
+        return VideoInfo(str(path), context.width, context.height, len(times), rate,
+                         duration, rotation, int(context.color_range or 0), context.pix_fmt or "yuv420p",
+                         context.name, [f"{s.type}:{s.codec_context.name if s.codec_context else '?'}"
+                                        for s in container.streams if s.type != "video"])
+
+
+# --- orientation ---------------------------------------------------------------------------------
+
+def _to_display(rgb: np.ndarray, rotation: int) -> np.ndarray:
+    """Coded frame -> as shown (rotation is counter-clockwise, as FFmpeg's display matrix reads)."""
+    return np.ascontiguousarray(np.rot90(rgb, k=rotation // 90)) if rotation % 360 else rgb
+
+
+def _to_coded(rgb: np.ndarray, rotation: int) -> np.ndarray:
+    return np.ascontiguousarray(np.rot90(rgb, k=-(rotation // 90))) if rotation % 360 else rgb
+
+
+# --- decoding --------------------------------------------------------------------------------------
+
+@dataclass
+class _Decoded:
+    index: int
+    pts: int
+    rgb: np.ndarray
+
+
+@dataclass
+class _DecodeEnd:
+    error: str | None = None  # why decoding stopped early, None at the normal end
+
+
+def _decode(path: Path, times: list[int], start: int, stop: int, out: queue.Queue, cancel: threading.Event) -> None:
+    """Decode frames `start`..`stop-1` (by display order) into `out`, then a _DecodeEnd."""
+    import av
+
+    wanted = {pts: i for i, pts in enumerate(times[start:stop], start=start)}
+    error = None
+    try:
+        with _open(path) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            if start > 0:
+                container.seek(times[start], stream=stream, backward=True, any_frame=False)
+            remaining = len(wanted)
+            for frame in container.decode(stream):
+                if cancel.is_set():
+                    return
+                index = wanted.get(frame.pts)
+                if index is None:
+                    if frame.pts is not None and frame.pts > times[stop - 1]:
+                        break
+                    continue
+                out.put(_Decoded(index, frame.pts, frame.to_ndarray(format="rgb24")))
+                remaining -= 1
+                if remaining == 0:
+                    break
+            if remaining:
+                error = "the stream ends early"
+    except av.error.FFmpegError as exc:
+        error = str(exc).split(":", 1)[-1].strip() or type(exc).__name__
+    except InputError as exc:
+        error = str(exc)
+    out.put(_DecodeEnd(error))
+
+
+# --- parts -----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    codec: str = DEFAULT_CODEC
+    crf: int | None = DEFAULT_CRF
+    chunk_frames: int = DEFAULT_CHUNK_FRAMES
+
+
+def _encoder_options(settings: EncodeSettings) -> dict[str, str]:
+    options = {}
+    if settings.crf is not None and settings.codec in ("libx264", "libx264rgb", "libx265", "libvpx-vp9"):
+        options["crf"] = str(settings.crf)
+    return options
+
+
+def _encode_part(target: Path, info: VideoInfo, time_base: Fraction, rate, frames: list[tuple[int, np.ndarray]],
+                 settings: EncodeSettings) -> None:
+    """Encode frames (pts, coded-orientation RGB) into a part file, atomically. No B-frames, so decoding
+    and presentation order agree and parts join with increasing timestamps."""
+    av = _require_av()
+    with atomic_write(target) as handle:
+        with av.open(handle, "w", format="matroska") as container:
+            stream = container.add_stream(settings.codec, rate=rate, options=_encoder_options(settings))
+            stream.width, stream.height = info.width, info.height
+            if settings.codec == "libx264rgb":
+                stream.pix_fmt = "bgr24"
+            elif settings.codec in ("libx264", "libx265"):
+                stream.pix_fmt = info.pix_fmt if info.pix_fmt in ("yuv420p", "yuv422p", "yuv444p") else "yuv420p"
+            stream.time_base = time_base
+            context = stream.codec_context
+            context.time_base = time_base
+            context.max_b_frames = 0
+            context.color_range = info.color_range
+            for pts, rgb in frames:
+                frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+                frame.pts = pts
+                frame.time_base = time_base
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+
+
+def _join(source: Path, parts: list[Path], target: Path, info: VideoInfo) -> None:
+    """Mux the parts' video packets and the source's other streams, in time order, into `target`."""
+    av = _require_av()
+    opened = [av.open(str(p)) for p in parts]
+    try:
+        with _open(source) as original, atomic_write(target) as handle:
+            with av.open(handle, "w", format=_container_format(target)) as container:
+                video = container.add_stream_from_template(opened[0].streams.video[0])
+                if info.rotation:
+                    video.set_display_rotation(info.rotation)
+                copies = {}
+                for stream in original.streams:
+                    if stream.type in ("audio", "subtitle"):
+                        try:
+                            copies[stream.index] = container.add_stream_from_template(stream)
+                        except (ValueError, av.error.FFmpegError):
+                            continue  # a codec this container cannot hold; mkv holds nearly all
+                sources = [_packets(p.demux(p.streams.video[0]), video) for p in opened]
+                others = [s for s in original.streams if s.index in copies]
+                if others:
+                    sources.append(_packets(original.demux(*others), None, copies))
+                for _, _, packet, stream in heapq.merge(*sources, key=lambda item: (item[0], item[1])):
+                    packet.stream = stream
+                    container.mux(packet)
+    finally:
+        for container in opened:
+            container.close()
+
+
+def _packets(demuxed, stream, by_index: dict | None = None) -> Iterator:
+    """(time in seconds, order, packet, output stream) of real packets, in the order the demuxer gives them."""
+    import av
+
+    order = 0
+    try:
+        for packet in demuxed:
+            if packet.dts is None or not packet.size:
+                continue
+            order += 1
+            target = stream if stream is not None else by_index[packet.stream.index]
+            yield float(packet.dts * packet.time_base), order, packet, target
+    except av.error.FFmpegError:
+        return
+
+
+def _container_format(path: Path) -> str:
+    return {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov"}.get(path.suffix.lower(), "matroska")
+
+
+# --- the run ---------------------------------------------------------------------------------------
+
+@dataclass
+class VideoResult:
+    input: str
+    output: str
+    frames: int  # frames in the input
+    frames_written: int
+    seconds: float
+    resumed_from_frame: int = 0
+    stopped: str | None = None  # why decoding stopped before the end, None when complete
+    info: dict = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return self.stopped is None
+
+
+FrameFn = Callable[[np.ndarray, int], np.ndarray]
+
+
+def process_video(source: str | Path, output: str | Path, fn: FrameFn, *, settings: EncodeSettings = EncodeSettings(),
+                  frames_dir: str | Path | None = None, run_key: str = "",
+                  on_frame: Callable[[int, int], None] | None = None) -> VideoResult:
+    """Run `fn` over every frame of `source` and write `output` (or PNGs into `frames_dir`).
+
+    `run_key` names what the frames are made with (model, weights, settings): parts left by a killed run
+    are reused only when it matches. `on_frame(done, total)` reports progress.
+    """
+    source, output = Path(source), Path(output)
+    started = time.perf_counter()
+    info = probe_video(source)
+    if info.frames == 0:
+        raise InputError(f"{source}: the video stream holds no frames")
+    with _open(source) as container:
+        stream = container.streams.video[0]
+        times, cut = _frame_times(container, stream)
+        time_base, rate = stream.time_base, stream.guessed_rate or stream.average_rate or Fraction(25)
+    if frames_dir is not None:
+        result = _run_frames(source, Path(frames_dir), fn, info, times, on_frame, cut)
+    else:
+        result = _run_parts(source, output, fn, info, times, time_base, rate, settings, run_key, on_frame, cut)
+    result.seconds = time.perf_counter() - started
+    result.info = asdict(info)
+    return result
+
+
+def _pipeline(source: Path, times: list[int], start: int, stop: int, fn: FrameFn, rotation: int,
+              sink: Callable[[int, int, np.ndarray], None], on_frame, total: int) -> tuple[int, str | None]:
+    """Decode (thread) -> fn (this thread) -> sink (thread), with bounded queues between them. Returns the
+    number of frames sunk and why decoding stopped early (or None)."""
+    decoded: queue.Queue = queue.Queue(QUEUE_FRAMES)
+    processed: queue.Queue = queue.Queue(QUEUE_FRAMES)
+    cancel = threading.Event()
+    failures: list[BaseException] = []
+
+    def drain() -> None:
+        try:
+            while (item := processed.get()) is not None:
+                sink(*item)
+        except BaseException as exc:  # handed to the main thread, which re-raises it
+            failures.append(exc)
+            cancel.set()
+            while processed.get() is not None:
+                pass
+
+    reader = threading.Thread(target=_decode, args=(source, times, start, stop, decoded, cancel), daemon=True)
+    writer = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    writer.start()
+    done, stopped = 0, None
+    try:
+        while True:
+            item = decoded.get()
+            if isinstance(item, _DecodeEnd):
+                stopped = item.error
+                break
+            if cancel.is_set():
+                break
+            rgb = _to_coded(fn(_to_display(item.rgb, rotation), item.index), rotation)
+            processed.put((item.index, item.pts, rgb))
+            done += 1
+            if on_frame:
+                on_frame(start + done, total)
+    finally:
+        cancel.set()
+        while reader.is_alive():  # let a blocked reader finish
+            try:
+                decoded.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        processed.put(None)
+        writer.join()
+    if failures:
+        raise failures[0]
+    return done, stopped
+
+
+def _stopped_message(source: Path, written: int, total: int, reason: str | None, cut: str | None) -> str | None:
+    """Why the output is not the whole video, or None when it is."""
+    if reason is not None:
+        return (f"{source}: decoding stopped at frame {written} of {total} ({reason}); the output holds frames "
+                f"0-{written - 1}")
+    if cut is not None:
+        return f"{source}: the video is damaged or cut short ({cut}); the output holds the {written} frames it has"
+    return None
+
+
+def _run_frames(source: Path, folder: Path, fn: FrameFn, info: VideoInfo, times: list[int], on_frame,
+                cut: str | None = None) -> VideoResult:
+    from rainkit.data.images import read_image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    width = max(6, len(str(len(times))))
+    names = [folder / f"{i:0{width}d}.png" for i in range(len(times))]
+    start = 0
+    while start < len(names) and names[start].is_file():  # written atomically, in order: present means complete
+        start += 1
+    if start:
+        try:
+            read_image(names[start - 1])
+        except InputError:
+            start -= 1
+
+    def sink(index: int, pts: int, rgb: np.ndarray) -> None:
+        import cv2
+
+        ok, png = cv2.imencode(".png", _to_display(rgb, info.rotation)[:, :, ::-1])
+        atomic_write_bytes(names[index], png.tobytes())
+
+    done, stopped = _pipeline(source, times, start, len(times), fn, info.rotation, sink, on_frame, len(times))
+    written = start + done
+    return VideoResult(str(source), str(folder), len(times), written, 0.0, start,
+                       _stopped_message(source, written, len(times), stopped, cut))
+
+
+def _run_parts(source: Path, output: Path, fn: FrameFn, info: VideoInfo, times: list[int], time_base, rate,
+               settings: EncodeSettings, run_key: str, on_frame, cut: str | None = None) -> VideoResult:
+    parts_dir = output.with_name(f".{output.name}{PARTS_SUFFIX}")
+    plan = {"source_frames": len(times), "chunk_frames": settings.chunk_frames, "codec": settings.codec,
+            "crf": settings.crf, "run": run_key}
+    plan_path = parts_dir / "plan.json"
+    if parts_dir.is_dir():
+        try:
+            previous = json.loads(plan_path.read_text())
+        except (OSError, ValueError):
+            previous = None
+        if previous != plan:
+            shutil.rmtree(parts_dir)
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(plan_path, plan)
+    chunks = [(s, min(s + settings.chunk_frames, len(times))) for s in range(0, len(times), settings.chunk_frames)]
+    part_paths = [parts_dir / f"part-{k:05d}.mkv" for k in range(len(chunks))]
+    first_missing = next((k for k, p in enumerate(part_paths) if not p.is_file()), len(chunks))
+    resumed_from = chunks[first_missing][0] if first_missing < len(chunks) else len(times)
+
+    buffer: list[tuple[int, np.ndarray]] = []
+    written_parts = list(part_paths[:first_missing])
+    position = {"chunk": first_missing}
+
+    def sink(index: int, pts: int, rgb: np.ndarray) -> None:
+        buffer.append((pts, rgb))
+        chunk = position["chunk"]
+        if index == chunks[chunk][1] - 1:
+            _encode_part(part_paths[chunk], info, time_base, rate, buffer, settings)
+            written_parts.append(part_paths[chunk])
+            buffer.clear()
+            position["chunk"] = chunk + 1
+
+    stopped = None
+    done = 0
+    if first_missing < len(chunks):
+        done, stopped = _pipeline(source, times, resumed_from, len(times), fn, info.rotation, sink, on_frame,
+                                  len(times))
+        if buffer:  # decoding stopped inside a chunk: keep what was made, as the last part
+            partial = parts_dir / f"part-{position['chunk']:05d}.partial.mkv"
+            _encode_part(partial, info, time_base, rate, buffer, settings)
+            written_parts.append(partial)
+    written = resumed_from + done if first_missing < len(chunks) else len(times)
+    if not written_parts:
+        raise InputError(f"{source}: no frame could be decoded")
+    _join(source, written_parts, output, info)
+    if stopped is None:  # finished (a cut-short source included: rerunning it cannot get more frames)
+        shutil.rmtree(parts_dir, ignore_errors=True)
+    else:
+        for path in written_parts:  # a partial part must not pass for a finished chunk on a rerun
+            if path.name.endswith(".partial.mkv"):
+                path.unlink(missing_ok=True)
+    return VideoResult(str(source), str(output), len(times), written, 0.0, resumed_from,
+                       _stopped_message(source, written, len(times), stopped, cut))
