@@ -195,3 +195,73 @@ def test_a_folder_may_mix_photos_and_videos(tmp_path, tiny_sapnet_file):
     assert _derain(tiny_sapnet_file, str(folder), "-o", str(tmp_path / "out")) == 0
     assert (tmp_path / "out" / "photo.png").is_file()
     assert probe_video(tmp_path / "out" / "clip.mov").frames == 4
+
+
+KILLABLE = """
+import sys, time
+from rainkit.video.pipeline import EncodeSettings, process_video
+
+def slow_invert(rgb, index):
+    time.sleep(0.03)
+    return 255 - rgb
+
+process_video(sys.argv[1], sys.argv[2], slow_invert, settings=EncodeSettings(chunk_frames=8))
+"""
+
+
+def test_kill_9_during_a_video_job_then_rerun_gives_the_uninterrupted_file(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    clip = make_clip(tmp_path / "clip.mp4", frames=48)
+    script = tmp_path / "job.py"
+    script.write_text(KILLABLE)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    subprocess.run([sys.executable, str(script), str(clip), str(tmp_path / "whole.mp4")], check=True, env=env)
+    job = subprocess.Popen([sys.executable, str(script), str(clip), str(tmp_path / "out.mp4")], env=env)
+    parts = tmp_path / ".out.mp4.rainkit-parts"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list(parts.glob("part-*.mkv"))) < 2 and job.poll() is None:
+        time.sleep(0.02)
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    assert not (tmp_path / "out.mp4").exists(), "the job finished before it could be killed"
+    assert len(list(parts.glob("part-*.mkv"))) >= 2
+    subprocess.run([sys.executable, str(script), str(clip), str(tmp_path / "out.mp4")], check=True, env=env)
+    assert sha(tmp_path / "out.mp4") == sha(tmp_path / "whole.mp4")
+
+
+def test_detect_studies_every_nth_frame_of_a_video(tmp_path):
+    from rainkit.detect.metrics import Detections
+    from rainkit.detect.runner import run_detect
+
+    class CountingDetector:
+        names = {0: "thing"}
+
+        def __init__(self):
+            self.seen = []
+
+        def describe(self):
+            return {"detector": "counting", "format": "test", "imgsz": [48, 32]}
+
+        def detect(self, rgb, passes):
+            self.seen.append(rgb.copy())
+            found = Detections(np.array([[4.0, 4.0, 20.0, 20.0]]), np.array([0.9]), np.array([0]))
+            return [found.above(p.conf) for p in passes]
+
+    class Identity:
+        def derain(self, rgb):
+            return rgb
+
+    clip = make_clip(tmp_path / "clip.mp4", frames=24)
+    detector = CountingDetector()
+    result = run_detect([str(clip)], add_rain="heavy", seed=1, vid_stride=5, detector=detector, derainer=Identity())
+    assert result.ok and [item.key for item in result.items] == [f"clip/{i:06d}" for i in (0, 5, 10, 15, 20)]
+    # clean frames are the clip's own frames; rainy ones carry the moving rain `rainkit generate` adds
+    frames = frames_of(clip)
+    assert np.array_equal(detector.seen[0], frames[0])
+    assert not np.array_equal(detector.seen[1], frames[0])
+    assert result.map_of("rainy", "map50") is not None

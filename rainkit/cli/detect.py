@@ -12,7 +12,7 @@ from rainkit.cli.app import app, console, emit_text
 
 @app.command("detect")
 def detect_command(
-    images: Optional[List[str]] = typer.Argument(None, help="Rainy images (files, folders or globs); clean ones with --add-rain."),
+    images: Optional[List[str]] = typer.Argument(None, help="Rainy images or videos (files, folders or globs); clean ones with --add-rain."),
     labels: Optional[Path] = typer.Option(None, "--labels", "-l", help="Ground truth: a folder of YOLO .txt labels or a COCO .json file."),
     clean: Optional[Path] = typer.Option(None, "--clean", help="Folder of clean references named like the images."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="A registered paired set instead of IMAGES (e.g. rain100l; see `rainkit benchmark`)."),
@@ -32,6 +32,8 @@ def detect_command(
     iou: float = typer.Option(0.7, "--iou", help="NMS IoU threshold (0.7 as in Ultralytics val)."),
     classes: Optional[str] = typer.Option(None, "--classes", help="Only these classes, by name or index, comma-separated (e.g. person,car)."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into sub-folders of folder inputs."),
+    vid_stride: int = typer.Option(1, "--vid-stride", min=1, help="Videos: study every Nth frame (clean or derained "
+                                   "references: the same frame of the video of the same name)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N images."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Folder for map.png and annotated side-by-side images."),
     save_images: int = typer.Option(8, "--save-images", min=0, help="How many annotated side-by-side images to write (with -o)."),
@@ -62,8 +64,8 @@ def detect_command(
                               seed=seed, detector=detector, imgsz=imgsz, derain=not no_derain,
                               derain_model=derain_model, derain_weights=derain_weights, derained_dir=derained,
                               device=device, precision=precision, tile=tile, conf=conf, iou=iou, classes=classes,
-                              recursive=recursive, limit=limit, output=output, save_images=save_images, pick=pick,
-                              save_conditions=save_conditions)
+                              recursive=recursive, vid_stride=vid_stride, limit=limit, output=output,
+                              save_images=save_images, pick=pick, save_conditions=save_conditions)
     with BatchProgress(console, "detect") as progress:
         result = run_detect(images or None, settings, on_start=progress.on_start, on_progress=progress.on_progress)
     render(result, per_class=per_class)

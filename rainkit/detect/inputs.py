@@ -8,23 +8,31 @@ from pathlib import Path
 from typing import Sequence
 
 from rainkit.data.images import IMAGE_SUFFIXES
-from rainkit.errors import ParameterError
-from rainkit.io.batch import Found, Job, expand_inputs, real_path
+from rainkit.errors import InputError, ParameterError
+from rainkit.io.batch import Found, Job, expand_inputs, is_image_or_video_name, real_path
+from rainkit.video.pipeline import VIDEO_SUFFIXES, is_video_name
 
 
 @dataclass
 class Entry(Job):
     """One image to study: a batch job (its `key` is the name without suffix, relative to a given folder)
-    with the clean reference of the same name, when there is one."""
+    with the clean reference of the same name, when there is one. A frame of a video has `frame` set; its
+    key is `<video key>/<frame index>`, and its clean or derained reference is the same frame of the video
+    of the same name."""
 
     clean: Path | None = None
+    frame: int | None = None
+    video_key: str = ""
 
 
-def collect_entries(specs: Sequence[str], *, recursive: bool = False) -> list[Entry]:
-    """Expand files, folders and globs into entries keyed by name; two different files with one key fail."""
+def collect_entries(specs: Sequence[str], *, recursive: bool = False, vid_stride: int = 1) -> list[Entry]:
+    """Expand files, folders and globs into entries keyed by name; two different files with one key fail.
+    A video becomes one entry for every `vid_stride`-th frame."""
+    if vid_stride < 1:
+        raise ParameterError("vid_stride", f"must be at least 1, got {vid_stride}")
     entries: list[Entry] = []
     seen: dict[str, Path] = {}
-    for item in expand_inputs(specs, recursive=recursive):
+    for item in expand_inputs(specs, recursive=recursive, media=is_image_or_video_name):
         if not isinstance(item, Found):
             entries.append(Entry(None, None, item.spec, item.problem))
             continue
@@ -36,15 +44,30 @@ def collect_entries(specs: Sequence[str], *, recursive: bool = False) -> list[En
                                      key))
             continue
         seen.setdefault(key, item.file)
-        entries.append(Entry(item.file, None, item.spec, item.problem, key))
+        if item.problem is None and is_video_name(item.file):
+            entries.extend(_video_entries(item, key, vid_stride))
+        else:
+            entries.append(Entry(item.file, None, item.spec, item.problem, key))
     return entries
 
 
-def find_by_key(folder: Path, key: str) -> Path | None:
-    """The image in `folder` named `key` (or its last part) with any image suffix."""
+def _video_entries(item: Found, key: str, vid_stride: int) -> list[Entry]:
+    from rainkit.video.pipeline import probe_video
+
+    try:
+        frames = probe_video(item.file).frames
+    except InputError as exc:
+        return [Entry(item.file, None, item.spec, str(exc), key)]
+    width = max(6, len(str(frames)))
+    return [Entry(item.file, None, item.spec, None, f"{key}/{index:0{width}d}", frame=index, video_key=key)
+            for index in range(0, frames, vid_stride)]
+
+
+def find_by_key(folder: Path, key: str, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> Path | None:
+    """The file in `folder` named `key` (or its last part) with one of `suffixes` (images by default)."""
     for stem in dict.fromkeys((key, Path(key).name)):
         base = folder / stem
-        for suffix in IMAGE_SUFFIXES + tuple(s.upper() for s in IMAGE_SUFFIXES):
+        for suffix in tuple(suffixes) + tuple(s.upper() for s in suffixes):
             candidate = base.with_name(base.name + suffix)
             if candidate.is_file():
                 return candidate
@@ -57,6 +80,11 @@ def attach_clean(entries: list[Entry], clean_dir: Path) -> None:
         raise ParameterError("clean", f"{clean_dir}: no such folder")
     for entry in entries:
         if entry.error or entry.source is None:
+            continue
+        if entry.frame is not None:
+            entry.clean = find_by_key(clean_dir, entry.video_key, VIDEO_SUFFIXES)
+            if entry.clean is None:
+                entry.error = f"{entry.source}: no clean video named '{Path(entry.video_key).name}' in {clean_dir}"
             continue
         entry.clean = find_by_key(clean_dir, entry.key)
         if entry.clean is None:

@@ -58,7 +58,8 @@ class DetectSettings:
     `labels` is a YOLO label folder or a COCO JSON file; `clean` a folder of clean images with the
     inputs' names; `dataset` a registered paired set (e.g. "rain100l") instead of inputs; `add_rain` a
     physics preset that makes the rainy images from clean inputs (seeded by `seed` and each name).
-    `detector` names the YOLO weights (a path or an Ultralytics name). The mAP path always uses Ultralytics
+    `detector` names the YOLO weights (a path or an Ultralytics name). Videos are studied every
+    `vid_stride`-th frame; with `add_rain`, their rain moves across frames as `rainkit generate` makes it. The mAP path always uses Ultralytics
     val's settings (confidence 0.001, multi-label NMS at IoU `iou`, 300 boxes); `conf` and `iou` govern
     the detections counted, drawn and used as a reference. With `output`, writes `map.png` and annotated
     side-by-side images of `save_images` images (`pick`: the ones where the conditions disagree most, or
@@ -84,6 +85,7 @@ class DetectSettings:
     iou: float = 0.7
     classes: Sequence[str | int] | str | None = None
     recursive: bool = False
+    vid_stride: int = 1
     limit: int | None = None
     output: str | Path | None = None
     save_images: int = 8
@@ -159,7 +161,7 @@ def run_detect(
                         "pairing": resolved.pairing, "images": len(resolved.pairs)}
         entries = [Entry(p.rainy, None, settings.dataset, key=p.id, clean=p.clean) for p in resolved.pairs]
     else:
-        entries = collect_entries(list(inputs or []), recursive=settings.recursive)
+        entries = collect_entries(list(inputs or []), recursive=settings.recursive, vid_stride=settings.vid_stride)
         if settings.clean is not None:
             attach_clean(entries, Path(settings.clean).expanduser())
     if settings.limit is not None:
@@ -227,8 +229,11 @@ def run_detect(
         "classes": [names[c] for c in class_filter] if class_filter else None,
         "iou_thresholds": "0.50:0.05:0.95",
     }
-    batch = run_batch(entries, study.run_one, outputs_of=None, failure=study.failed, on_start=on_start,
-                      on_progress=on_progress)
+    try:
+        batch = run_batch(entries, study.run_one, outputs_of=None, failure=study.failed, on_start=on_start,
+                          on_progress=on_progress)
+    finally:
+        study.close()
 
     for name, accumulator in study.scored.items():
         study.summaries[name].map = accumulator.result() if accumulator.images else None
@@ -259,9 +264,41 @@ class _Study:
     out_dir: Path | None
 
     def __post_init__(self) -> None:
+        self.readers: dict[Path, object] = {}  # video path -> FrameReader
+        self.weather: dict[str, object] = {}  # video key -> MovingWeather
         self.index = 0
         self.keep: list[tuple[float, int, str, np.ndarray]] = []  # heap of (score, -index, key, side-by-side image)
         self.annotated_first: list[str] = []
+
+    def read(self, path: Path, entry: Entry) -> np.ndarray:
+        """An image file, or the entry's frame of a video: RGB uint8."""
+        if entry.frame is None:
+            return _as_u8(read_image(path).rgb)
+        from rainkit.video.pipeline import FrameReader
+
+        reader = self.readers.get(path)
+        if reader is None:
+            reader = self.readers[path] = FrameReader(path)
+        return reader.read(entry.frame)
+
+    def rain(self, clean: np.ndarray, entry: Entry) -> np.ndarray:
+        from rainkit.synth.physics import image_seed, synthesize
+
+        rgb = clean.astype(np.float32) / 255.0
+        if entry.frame is None:
+            return _as_u8(synthesize(rgb, "rain", preset=self.preset, seed=image_seed(self.settings.seed, entry.key)))
+        from rainkit.synth.motion import MovingWeather
+
+        weather = self.weather.get(entry.video_key)
+        if weather is None:
+            weather = self.weather[entry.video_key] = MovingWeather(
+                rgb.shape[:2], "rain", preset=self.preset, seed=image_seed(self.settings.seed, entry.video_key))
+        return _as_u8(weather.frame(rgb, entry.frame))
+
+    def close(self) -> None:
+        for reader in self.readers.values():
+            reader.close()
+        self.readers.clear()
 
     @staticmethod
     def failed(job: Job, error: str, seconds: float) -> ImageRecord:
@@ -274,8 +311,7 @@ class _Study:
         self.index += 1
         settings = self.settings
         record = ImageRecord(entry.label, "failed", key=entry.key, clean=str(entry.clean) if entry.clean else None)
-        images = _conditions(entry, record, derainer=self.derainer, derained_dir=settings.derained_dir,
-                             derain=settings.derain, preset=self.preset, seed=settings.seed)
+        images = self._conditions(entry, record)
         height, width = images["rainy"].shape[:2]
         record.width, record.height = width, height
         found: dict[str, tuple[Detections, Detections]] = {}
@@ -366,6 +402,43 @@ class _Study:
         return outputs
 
 
+    def _conditions(self, entry: Entry, record: ImageRecord) -> dict[str, np.ndarray]:
+        """The uint8 RGB images of every condition of one entry."""
+        settings = self.settings
+        rainy = self.read(entry.source, entry)
+        images: dict[str, np.ndarray] = {}
+        if self.preset is not None:
+            images["clean"] = rainy
+            images["rainy"] = self.rain(rainy, entry)
+        else:
+            images["rainy"] = rainy
+            if entry.clean is not None:
+                clean = self.read(entry.clean, entry)
+                if clean.shape != rainy.shape:
+                    raise InputError(f"{entry.source}: the clean image {entry.clean} is {clean.shape[1]}x{clean.shape[0]}, "
+                                     f"the rainy one {rainy.shape[1]}x{rainy.shape[0]}")
+                images["clean"] = clean
+        if settings.derain:
+            if settings.derained_dir is not None:
+                from rainkit.video.pipeline import VIDEO_SUFFIXES
+
+                folder = Path(settings.derained_dir)
+                path = (find_by_key(folder, entry.video_key, VIDEO_SUFFIXES) if entry.frame is not None
+                        else find_by_key(folder, entry.key))
+                if path is None:
+                    raise InputError(f"{entry.source}: no derained {'video' if entry.frame is not None else 'image'} "
+                                     f"named '{Path(entry.video_key or entry.key).name}' in {folder}")
+                derained = self.read(path, entry)
+                if derained.shape != rainy.shape:
+                    raise InputError(f"{path}: size differs from the rainy image {entry.source}")
+            else:
+                tick = time.perf_counter()
+                derained = _as_u8(self.derainer.derain(images["rainy"].astype(np.float32) / 255.0))
+                record.derain_seconds = round(time.perf_counter() - tick, 3)
+            images["derained"] = derained
+        return images
+
+
 def _as_u8(rgb: np.ndarray) -> np.ndarray:
     return to_uint8(rgb, "round")
 
@@ -373,36 +446,3 @@ def _as_u8(rgb: np.ndarray) -> np.ndarray:
 def _boxes_json(detections: Detections) -> list:
     return [[round(float(v), 2) for v in box] + [round(float(c), 4), int(k)]
             for box, c, k in zip(detections.boxes, detections.conf, detections.cls)]
-
-
-def _conditions(entry: Entry, record: ImageRecord, *, derainer, derained_dir, derain, preset, seed) -> dict[str, np.ndarray]:
-    """The uint8 RGB images of every condition of one entry."""
-    image = read_image(entry.source)
-    images: dict[str, np.ndarray] = {}
-    if preset is not None:
-        from rainkit.synth.physics import image_seed, synthesize
-
-        images["clean"] = _as_u8(image.rgb)
-        images["rainy"] = _as_u8(synthesize(image.rgb, "rain", preset=preset, seed=image_seed(seed, entry.key)))
-    else:
-        images["rainy"] = _as_u8(image.rgb)
-        if entry.clean is not None:
-            clean = _as_u8(read_image(entry.clean).rgb)
-            if clean.shape != images["rainy"].shape:
-                raise InputError(f"{entry.source}: the clean image {entry.clean} is {clean.shape[1]}x{clean.shape[0]}, "
-                                 f"the rainy one {images['rainy'].shape[1]}x{images['rainy'].shape[0]}")
-            images["clean"] = clean
-    if derain:
-        if derained_dir is not None:
-            path = find_by_key(Path(derained_dir), entry.key)
-            if path is None:
-                raise InputError(f"{entry.source}: no derained image named '{Path(entry.key).name}' in {derained_dir}")
-            derained = _as_u8(read_image(path).rgb)
-            if derained.shape != images["rainy"].shape:
-                raise InputError(f"{path}: size differs from the rainy image {entry.source}")
-        else:
-            tick = time.perf_counter()
-            derained = _as_u8(derainer.derain(images["rainy"].astype(np.float32) / 255.0))
-            record.derain_seconds = round(time.perf_counter() - tick, 3)
-        images["derained"] = derained
-    return images

@@ -3,8 +3,8 @@ rotation, colour range, audio and subtitles; resumable by chunks. `rainkit derai
 it for video inputs."""
 
 from rainkit.video.pipeline import (DEFAULT_CHUNK_FRAMES, DEFAULT_CODEC, DEFAULT_CRF, VIDEO_SUFFIXES, EncodeSettings,
-                                    VideoInfo, VideoResult, is_video_name, probe_video, process_video,
+                                    FrameReader, VideoInfo, VideoResult, is_video_name, probe_video, process_video,
                                     video_output_suffix)
 
-__all__ = ["DEFAULT_CHUNK_FRAMES", "DEFAULT_CODEC", "DEFAULT_CRF", "VIDEO_SUFFIXES", "EncodeSettings", "VideoInfo",
+__all__ = ["DEFAULT_CHUNK_FRAMES", "DEFAULT_CODEC", "DEFAULT_CRF", "VIDEO_SUFFIXES", "EncodeSettings", "FrameReader", "VideoInfo",
            "VideoResult", "is_video_name", "probe_video", "process_video", "video_output_suffix"]

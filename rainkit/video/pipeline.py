@@ -204,6 +204,51 @@ def _decode(path: Path, times: list[int], start: int, stop: int, out: queue.Queu
     out.put(_DecodeEnd(error))
 
 
+class FrameReader:
+    """Frames of one video by index (display order, display orientation, RGB uint8), read forwards: asking
+    for frames in increasing order decodes the file once (for `rainkit detect` on every Nth frame)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.info = probe_video(self.path)
+        with _open(self.path) as container:
+            self.times, _ = _frame_times(container, container.streams.video[0])
+        self._container = None
+        self._frames = None
+        self._next = 0
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    def read(self, index: int) -> np.ndarray:
+        import av
+
+        if not 0 <= index < len(self.times):
+            raise InputError(f"{self.path}: no frame {index} (the video has {len(self.times)})")
+        if self._container is None or index < self._next:
+            self.close()
+            self._container = _open(self.path)
+            stream = self._container.streams.video[0]
+            self._container.seek(self.times[index], stream=stream, backward=True, any_frame=False)
+            self._frames = self._container.decode(stream)
+        wanted = self.times[index]
+        try:
+            for frame in self._frames:
+                if frame.pts == wanted:
+                    self._next = index + 1
+                    return _to_display(frame.to_ndarray(format="rgb24"), self.info.rotation)
+                if frame.pts is not None and frame.pts > wanted:
+                    break
+        except av.error.FFmpegError as exc:
+            raise InputError(f"{self.path}: frame {index} does not decode ({str(exc).split(':', 1)[-1].strip()})") from None
+        raise InputError(f"{self.path}: frame {index} does not decode (the stream ends before it)")
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+
+
 # --- parts -----------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
