@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import shared_root
+from tests.conftest import shared_root
 from rainkit.data.datasets import (
     DATASETS,
     DatasetSpec,
