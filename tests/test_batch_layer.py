@@ -222,3 +222,29 @@ def test_library_errors_name_parameters_and_the_cli_names_its_flags(tmp_path, ca
     capsys.readouterr()
     assert main(["detect", str(folder), "--derained", str(tmp_path / "nowhere")]) == 1
     assert f"--derained: {tmp_path / 'nowhere'}: no such folder" in capsys.readouterr().err.replace("\n", "")
+
+
+def test_two_inputs_with_one_output_name_fail_the_second(tmp_path, tiny_sapnet_file, capsys):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        cv2.imwrite(str(tmp_path / folder / "x.png"), (rainy_like(20, 28) * 200).astype(np.uint8))
+    assert _derain(tiny_sapnet_file, str(tmp_path / "a" / "x.png"), str(tmp_path / "b" / "x.png"),
+                   "-o", str(tmp_path / "out")) == 1
+    err = capsys.readouterr().err
+    assert f"is also the output of {tmp_path / 'a' / 'x.png'}; rename one input" in err.replace("\n", "")
+    assert (tmp_path / "out" / "x.png").is_file()
+
+
+def test_an_unreadable_file_is_one_line(tmp_path, monkeypatch):
+    from rainkit.data.images import read_image
+    from rainkit.errors import InputError
+
+    target = tmp_path / "locked.png"
+    cv2.imwrite(str(target), np.zeros((4, 4, 3), np.uint8))
+
+    def refuse(self):  # chmod does not stop root, so refuse the read itself
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    with pytest.raises(InputError, match=f"{target}: permission denied"):
+        read_image(target)
