@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 
 from rainkit.cli.app import app, console
 from rainkit.cli import derain, detect, generate, models, segment, train, weights  # noqa: F401,E402  (register commands)
@@ -11,12 +12,15 @@ from rainkit.cli import benchmark  # noqa: F401,E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rainkit.errors import RainkitError
+    from rainkit.errors import RainkitError, RainkitWarning
 
     from rich.markup import escape
 
     try:
-        code = app(args=argv, prog_name="rainkit", standalone_mode=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", RainkitWarning)
+            warnings.showwarning = _show_warning
+            code = app(args=argv, prog_name="rainkit", standalone_mode=False)
     except RainkitError as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 1
@@ -36,6 +40,18 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         raise
     return code if isinstance(code, int) else 0
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """rainkit's own warnings as one line each; others keep Python's format."""
+    from rich.markup import escape
+
+    from rainkit.errors import RainkitWarning
+
+    if issubclass(category, RainkitWarning):
+        console.print(f"[yellow]warning:[/yellow] {escape(str(message))}", highlight=False, soft_wrap=True)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 def _click_kind(exc: BaseException) -> str | None:
