@@ -89,6 +89,8 @@ def _describe_content(path: Path) -> str:
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError:
+        text = None
+    if text is None or any(ch < " " and ch not in "\t\n\r" for ch in text):
         return f"unrecognised binary data (starts with bytes {head[:8].hex(' ')})"
     if text.lstrip().startswith(("<!DOCTYPE", "<html", "<HTML")):
         return "an HTML page (a download that returned a web page instead of the file?)"
@@ -212,7 +214,7 @@ def weights_arch_kwargs(path: str | Path, metadata: Mapping[str, str], spec) -> 
     except json.JSONDecodeError as exc:
         raise WeightsError(f"{where} is not valid JSON ({exc.msg} at character {exc.pos})") from None
     if not isinstance(kwargs, dict):
-        raise WeightsError(f"{where} must be a JSON object of settings, not a {_json_type(kwargs)}")
+        raise WeightsError(f"{where} must be a JSON object of settings, not {_json_type(kwargs)}")
     params = inspect.signature(spec.builder).parameters
     unknown = sorted(k for k in kwargs if k not in params)
     if unknown:
