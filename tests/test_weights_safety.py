@@ -312,3 +312,13 @@ def test_hub_and_models_do_not_import_each_other():
     for module, other in (("rainkit.hub", "rainkit.models"), ("rainkit.models", "rainkit.hub")):
         out = subprocess.run([sys.executable, "-c", code, module], capture_output=True, text=True, env=env, check=True)
         assert other not in out.stdout, f"importing {module} imported {other}"
+
+
+def test_a_registered_detector_on_the_weights_path_is_used_once_verified(tmp_path, monkeypatch):
+    from rainkit.detect.detector import resolve_detector
+
+    content = b"a detector the test registers" * 64
+    entry = _register(monkeypatch, content, name="yolo11n.testonly", filename="yolo-testonly.pt")
+    (tmp_path / entry.filename).write_bytes(content)
+    monkeypatch.setenv("RAINKIT_WEIGHTS_PATH", str(tmp_path))
+    assert resolve_detector(entry.filename, download=False) == tmp_path / entry.filename

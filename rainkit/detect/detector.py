@@ -121,6 +121,13 @@ def resolve_detector(spec: str | os.PathLike | None = None, *, download: bool = 
         if entry is not None:
             _verify_download(cached, entry, f"{cached}: ")
         return cached
+    if entry is not None:  # fetched with `rainkit weights fetch`, or on RAINKIT_WEIGHTS_PATH
+        from rainkit.hub.weights import check_weights, warn_skipped
+
+        status = check_weights(entry)
+        if status.state == "verified":
+            warn_skipped(status)
+            return status.path
     known = _known_assets()
     if known is not None and name not in known:
         raise WeightsError(f"--detector {name}: not a file, and not a model Ultralytics publishes "
