@@ -182,10 +182,12 @@ def _resolve_file(path: Path) -> ResolvedWeights:
     claimed = entries_claimed_by(path, read_metadata(path).get(NAME_KEY))
     if claimed:
         names = " or ".join(f"'{e.name}' ({e.sha256[:12]}…)" for e in claimed)
+        real = (f"fetch the real one with `rainkit weights fetch {claimed[0].name}`" if claimed[0].url
+                else f"use the registered name {claimed[0].name}")
         raise WeightsError(
             f"{path}: claims to be registered weights {names} by its name or metadata, but its sha256 is "
-            f"{digest[:12]}…; it is a modified or different file: fetch the real one with `rainkit weights fetch "
-            f"{claimed[0].name}`, or rename your own file (and drop '{NAME_KEY}' from its metadata) to load it as such"
+            f"{digest[:12]}…; it is a modified or different file: {real}, or rename your own file (and drop "
+            f"'{NAME_KEY}' from its metadata) to load it as such"
         )
     return ResolvedWeights(path, digest, None)
 
