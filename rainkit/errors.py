@@ -37,3 +37,11 @@ class DeviceError(RainkitError):
 
 class DatasetError(RainkitError):
     """A dataset cannot be found, or is incomplete."""
+
+
+class MissingExtraError(RainkitError):
+    """A feature needs a package from an optional extra (`pip install 'rainkit[EXTRA]'`) that is not installed."""
+
+
+class RainkitWarning(UserWarning):
+    """Something the user should know that does not stop the run (the CLI shows it as one line)."""

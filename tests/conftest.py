@@ -58,7 +58,7 @@ def tiny_sapnet_file(tmp_path) -> Path:
     """A tiny SAPNet with fixed random weights saved in rainkit's own safetensors format."""
     from rainkit.hub import create_model
     from rainkit.hub.checkpoint import save_checkpoint
-    from rainkit.hub.registry import get_arch
+    from rainkit.registry import get_arch
 
     torch.manual_seed(0)
     kwargs = dict(get_arch("sapnet").variants["tiny"])

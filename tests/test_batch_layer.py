@@ -41,7 +41,7 @@ def _derain(tiny: Path, *args: str) -> int:
 def tiny_espnet_file(tmp_path) -> Path:
     from rainkit.hub import create_model
     from rainkit.hub.checkpoint import save_checkpoint
-    from rainkit.hub.registry import get_arch
+    from rainkit.registry import get_arch
 
     torch.manual_seed(0)
     kwargs = dict(get_arch("espnet").variants["tiny"])

@@ -12,7 +12,8 @@ from rainkit.errors import DeviceError, RainkitError, UnsafeCheckpointError, Wei
 from rainkit.hub import create_model, load_model, resolve_device, resolve_precision
 from rainkit.hub import weights as weights_mod
 from rainkit.hub.checkpoint import load_state_dict_strict, normalize_state_dict, read_state_dict, save_checkpoint
-from rainkit.hub.registry import register_arch
+from rainkit import registry
+from rainkit.registry import register_arch
 
 
 def test_resolve_device_cpu_and_auto():
@@ -107,8 +108,8 @@ def _temp_entry(monkeypatch, tmp_path, content: bytes, url: str | None):
     entry = weights_mod.WeightsEntry(
         name="prenet.testonly", filename="prenet-testonly.pth", sha256=hashlib.sha256(content).hexdigest(),
         url=url, license="test", provenance="test")
-    weights_mod._ensure_builtin()
-    monkeypatch.setitem(weights_mod._WEIGHTS, entry.name, entry)
+    registry.list_weights()  # the built-in entries first
+    monkeypatch.setitem(registry._WEIGHTS, entry.name, entry)
     return entry
 
 

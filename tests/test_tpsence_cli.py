@@ -69,7 +69,7 @@ def tiny_generator_file(tmp_path):
 def tiny_espnet_file(tmp_path):
     from rainkit.hub import create_model
     from rainkit.hub.checkpoint import save_checkpoint
-    from rainkit.hub.registry import get_arch
+    from rainkit.registry import get_arch
 
     torch.manual_seed(0)
     kwargs = dict(get_arch("espnet").variants["tiny"])
@@ -231,8 +231,9 @@ def test_work_width_adds_weather_made_at_that_width_to_the_full_resolution_photo
 
 def test_registered_domain_weights_are_used_by_tpsence_and_auto(tiny_generator_file, tmp_path, monkeypatch, capsys):
     """Registering `tpsence.<domain>` is all it takes: no other code knows the names."""
-    from rainkit.hub import weights as registry
-    from rainkit.hub.weights import WeightsEntry, list_weights, sha256_file
+    from rainkit import registry
+    from rainkit.hub.weights import sha256_file
+    from rainkit.registry import WeightsEntry, list_weights
     from rainkit.tpsence.generate import default_generator_weights
 
     assert default_generator_weights("snow") is None

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 
 from rainkit.cli.app import app, console
 from rainkit.cli import derain, detect, generate, models, segment, train, weights  # noqa: F401,E402  (register commands)
@@ -14,10 +15,13 @@ def main(argv: list[str] | None = None) -> int:
     from rich.markup import escape
 
     from rainkit.cli.app import option_name
-    from rainkit.errors import ParameterError, RainkitError
+    from rainkit.errors import ParameterError, RainkitError, RainkitWarning
 
     try:
-        code = app(args=argv, prog_name="rainkit", standalone_mode=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", RainkitWarning)
+            warnings.showwarning = _show_warning
+            code = app(args=argv, prog_name="rainkit", standalone_mode=False)
     except ParameterError as exc:
         flag = option_name(_command(sys.argv[1:] if argv is None else argv), exc.parameter)
         console.print(f"[red]error:[/red] {escape(flag)}: {escape(exc.detail)}", highlight=False, soft_wrap=True)
@@ -48,6 +52,18 @@ def _command(argv: list[str]) -> str | None:
     names = {command.name or command.callback.__name__ for command in app.registered_commands}
     names |= {group.name for group in app.registered_groups}
     return next((word for word in argv if word in names), None)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """rainkit's own warnings as one line each; others keep Python's format."""
+    from rich.markup import escape
+
+    from rainkit.errors import RainkitWarning
+
+    if issubclass(category, RainkitWarning):
+        console.print(f"[yellow]warning:[/yellow] {escape(str(message))}", highlight=False, soft_wrap=True)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 def _click_kind(exc: BaseException) -> str | None:

@@ -1,4 +1,4 @@
-"""`rainkit weights`: list, verify and fetch registered checkpoints."""
+"""`rainkit weights`: list, verify and fetch registered checkpoints; convert a trusted old one."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import typer
 
 from rainkit.cli.app import app, console
 
-weights_app = typer.Typer(help="List, verify and fetch model weights (offline-first, sha256-checked).", no_args_is_help=True)
+weights_app = typer.Typer(help="List, verify, fetch and convert model weights (offline-first, sha256-checked).",
+                          no_args_is_help=True)
 app.add_typer(weights_app, name="weights")
 
 _STYLE = {"verified": "green", "missing": "yellow", "bad": "red"}
@@ -36,7 +37,15 @@ def list_command() -> None:
 
     statuses = [check_weights(entry) for entry in list_weights()]
     console.print(_status_table(statuses, "rainkit weights"))
+    _print_skipped(statuses)
     console.print("searched: " + ", ".join(str(d) for d in search_dirs()), highlight=False)
+
+
+def _print_skipped(statuses) -> None:
+    for status in statuses:
+        if status.state == "verified":
+            for line in status.skipped:
+                console.print(f"[yellow]skipped:[/yellow] {line}; using {status.path}", highlight=False, soft_wrap=True)
 
 
 @weights_app.command("verify")
@@ -47,6 +56,7 @@ def verify_command(names: Optional[List[str]] = typer.Argument(None, help="Names
     entries = [get_weights(n) for n in names] if names else list_weights()
     statuses = [check_weights(entry) for entry in entries]
     console.print(_status_table(statuses, "rainkit weights verify"))
+    _print_skipped(statuses)
     bad = [s for s in statuses if s.state == "bad"]
     missing_named = [s for s in statuses if names and s.state == "missing"]
     for status in bad:
@@ -64,3 +74,22 @@ def fetch_command(name: str = typer.Argument(..., help="Registered name, e.g. sa
 
     path = fetch_weights(name, force=force)
     console.print(f"[green]verified[/green] {name} at {path}", highlight=False)
+
+
+@weights_app.command("convert")
+def convert_command(source: str = typer.Argument(..., help="An old .pth/.pt checkpoint that rainkit refused to unpickle."),
+                    target: str = typer.Argument(..., help="Where to write its tensors (.safetensors)."),
+                    trust_source: bool = typer.Option(False, "--trust-source",
+                                                      help="Required: unpickling runs any code the file carries.")) -> int:
+    """Re-save a trusted old checkpoint's tensors as safetensors, which rainkit loads without unpickling."""
+    from rainkit.hub.checkpoint import convert_trusted_checkpoint
+    from rainkit.hub.weights import sha256_file
+
+    if not trust_source:
+        console.print("[red]error:[/red] converting unpickles the file, which runs any code it carries: pass "
+                      "--trust-source only for a checkpoint from a source you trust", highlight=False, soft_wrap=True)
+        return 2
+    path = convert_trusted_checkpoint(source, target)
+    console.print(f"[green]converted[/green] {source} to {path} (sha256 {sha256_file(path)})", highlight=False,
+                  soft_wrap=True)
+    return 0

@@ -77,7 +77,9 @@ def quiet_ultralytics() -> None:
             settings_file.write_text(json.dumps(wanted, indent=2) + "\n")
         except OSError:
             pass
-    import ultralytics.utils as uu
+    from rainkit.extras import require
+
+    uu = require("ultralytics.utils", extra="detect", for_what="YOLO detectors")
 
     settings = getattr(uu, "SETTINGS", None)
     if settings is not None and not already and Path(getattr(settings, "file", "")).is_relative_to(root):
@@ -106,12 +108,26 @@ def resolve_detector(spec: str | os.PathLike | None = None, *, download: bool = 
                                    "(that is how Ultralytics recognises the format)")
             raise WeightsError(f"{path}: a folder, but not an exported model folder (name ending in "
                                f"{', '.join(EXPORT_SUFFIXES[:3])}, ...)")
+        if path.is_file():
+            from rainkit.hub.weights import resolve_weights
+
+            resolve_weights(path)  # a file named like a registered detector must be that file
         return path
     if os.sep in name or (os.altsep and os.altsep in name) or name.startswith("."):
         raise WeightsError(f"--detector {name}: no such file or folder")
     cached = ultralytics_dir() / "weights" / name
+    entry = _registered_detector(name)
     if cached.exists():
+        if entry is not None:
+            _verify_download(cached, entry, f"{cached}: ")
         return cached
+    if entry is not None:  # fetched with `rainkit weights fetch`, or on RAINKIT_WEIGHTS_PATH
+        from rainkit.hub.weights import check_weights, warn_skipped
+
+        status = check_weights(entry)
+        if status.state == "verified":
+            warn_skipped(status)
+            return status.path
     known = _known_assets()
     if known is not None and name not in known:
         raise WeightsError(f"--detector {name}: not a file, and not a model Ultralytics publishes "
@@ -121,8 +137,24 @@ def resolve_detector(spec: str | os.PathLike | None = None, *, download: bool = 
                     f"yolov8n_int8_openvino_model), or put {name} in {cached.parent}")
     if not download:
         raise WeightsError(offline_hint)
-    _download(name, cached, timeout, offline_hint)
+    _download(name, cached, timeout, offline_hint, entry)
     return cached
+
+
+def _registered_detector(name: str):
+    """The registry's entry for a named detector file (e.g. yolo11n.pt), or None for one rainkit does not pin."""
+    from rainkit.registry import list_weights
+
+    return next((e for e in list_weights() if e.filename == name), None)
+
+
+def _verify_download(path: Path, entry, where: str) -> None:
+    from rainkit.hub.weights import sha256_file
+
+    digest = sha256_file(path)
+    if digest != entry.sha256:
+        raise WeightsError(f"{where}sha256 {digest[:12]}… is not the {entry.sha256[:12]}… registered for "
+                           f"'{entry.name}'; delete {path} and run again to download it afresh")
 
 
 def _known_assets() -> frozenset[str] | None:
@@ -146,10 +178,14 @@ def _asset_url(name: str) -> str:
     return f"https://github.com/{GITHUB_ASSETS_REPO}/releases/download/{tag}/{name}"
 
 
-def _download(name: str, target: Path, timeout: float, offline_hint: str) -> None:
+def _download(name: str, target: Path, timeout: float, offline_hint: str, entry=None) -> None:
+    """Fetch a named detector into the cache; one the registry pins comes from its URL and must match its
+    sha256 before it is kept."""
+    import hashlib
+
     from rainkit.io.atomic import atomic_write_bytes
 
-    url = _asset_url(name)
+    url = entry.url if entry is not None else _asset_url(name)
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (fixed https URL)
             data = response.read()
@@ -157,6 +193,9 @@ def _download(name: str, target: Path, timeout: float, offline_hint: str) -> Non
         raise WeightsError(offline_hint) from None
     if len(data) < 1024:
         raise WeightsError(f"{url}: the download is not a model ({len(data)} bytes); {offline_hint}")
+    if entry is not None and hashlib.sha256(data).hexdigest() != entry.sha256:
+        raise WeightsError(f"{url}: the download has sha256 {hashlib.sha256(data).hexdigest()[:12]}…, not the "
+                           f"{entry.sha256[:12]}… registered for '{entry.name}'; nothing was saved")
     atomic_write_bytes(target, data)
 
 
@@ -226,10 +265,9 @@ class YoloDetector:
 
         from rainkit.hub import resolve_device
 
-        try:
-            from ultralytics.nn.autobackend import AutoBackend
-        except ImportError as exc:  # pragma: no cover - ultralytics is a dependency
-            raise RainkitError(f"Ultralytics is not installed ({exc}); pip install ultralytics") from None
+        from rainkit.extras import require
+
+        AutoBackend = require("ultralytics.nn.autobackend", extra="detect", for_what="YOLO detectors").AutoBackend
         dev = resolve_device(device)
         self.path = Path(path)
         self.spec = spec or str(path)

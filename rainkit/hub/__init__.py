@@ -3,58 +3,69 @@
 from __future__ import annotations
 
 from rainkit.hub.device import Precision, resolve_device, resolve_precision
-from rainkit.hub.registry import create_model, get_arch, list_archs, register_arch
-from rainkit.hub.weights import (
-    ResolvedWeights,
+from rainkit.hub.weights import ResolvedWeights, check_weights, fetch_weights, resolve_weights
+from rainkit.registry import (
     WeightsEntry,
-    check_weights,
+    create_model,
     default_weights_for,
-    fetch_weights,
+    get_arch,
     get_weights,
+    list_archs,
     list_weights,
-    resolve_weights,
+    register_arch,
+    register_weights,
 )
 
 __all__ = [
     "Precision", "ResolvedWeights", "WeightsEntry", "check_weights", "create_model", "default_weights_for",
     "fetch_weights", "get_arch", "get_weights", "list_archs", "list_weights", "load_model", "register_arch",
-    "resolve_device", "resolve_precision", "resolve_weights",
+    "register_weights", "resolve_device", "resolve_precision", "resolve_weights",
 ]
 
 
-def load_model(arch: str, weights: str | None = None, device="cpu", strict: bool = True, variant: str | None = None):
-    """Build `arch`, load verified weights into it, and return `(model.eval() on device, ResolvedWeights)`.
+def load_model(name: str, weights: str | None = None, device="cpu", strict: bool = True, variant: str | None = None):
+    """Build a network, load verified weights into it, and return `(model.eval() on device, ResolvedWeights)`.
 
-    `weights` is a registered `arch.tag` name or a file path; None means the architecture's
-    default weights, and it is an error when there are none (rainkit never runs an untrained
-    network silently).
+    `name` is a registered weights name (`load_model("sapnet.official")`: the architecture comes
+    with it) or an architecture (`load_model("sapnet", weights)`), where `weights` is a registered
+    `arch.tag` name or a file path; an architecture alone means its default weights, and it is an
+    error when there are none (rainkit never runs an untrained network silently).
     """
     import torch
 
-    import json
-
     from rainkit.errors import WeightsError
-    from rainkit.hub.checkpoint import ARCH_KEY, KWARGS_KEY, load_state_dict_strict, read_metadata, read_state_dict
+    from rainkit.hub.checkpoint import load_state_dict_strict, read_metadata, read_state_dict, weights_arch_kwargs
+    from rainkit.registry import is_registered_weights
 
-    spec = get_arch(arch)
+    arch_name = name
+    if "." in name:
+        entry = get_weights(name)  # an unknown dotted name gets the close registered names
+        if weights is not None and str(weights) != entry.name:
+            raise WeightsError(f"'{entry.name}' already names the weights to load; drop weights={weights!r}, or "
+                               f"pass the architecture '{entry.arch}' with it")
+        arch_name, weights = entry.arch, entry.name
+    spec = get_arch(arch_name)
     if weights is None:
-        entry = default_weights_for(spec.name)
-        if entry is None:
+        default = default_weights_for(spec.name)
+        if default is None:
             raise WeightsError(
                 f"no default weights for '{spec.name}' yet: pass --weights NAME_OR_PATH "
                 f"(see `rainkit weights list`; e.g. `rainkit weights fetch sapnet.official` then --weights sapnet.official)"
             )
-        weights = entry.name
+        weights = default.name
+    if is_registered_weights(str(weights)) and get_weights(str(weights)).arch != spec.name:
+        raise WeightsError(f"weights '{weights}' are for '{get_weights(str(weights)).arch}', not '{spec.name}'")
     resolved = resolve_weights(weights)
-    kwargs = dict(resolved.entry.arch_kwargs) if resolved.entry is not None else {}
     if resolved.entry is not None and resolved.entry.arch != spec.name:
-        raise WeightsError(f"weights '{resolved.entry.name}' are for '{resolved.entry.arch}', not '{spec.name}'")
-    metadata = read_metadata(resolved.path)
-    if ARCH_KEY in metadata:
-        if metadata[ARCH_KEY] != spec.name:
-            raise WeightsError(f"{resolved.path}: weights are for '{metadata[ARCH_KEY]}', not '{spec.name}'")
-        kwargs.update(json.loads(metadata.get(KWARGS_KEY, "{}")))
-    model = create_model(spec.name, variant, **kwargs)
+        raise WeightsError(f"{resolved.path}: these are the registered weights '{resolved.entry.name}', "
+                           f"for '{resolved.entry.arch}', not '{spec.name}'")
+    kwargs = dict(resolved.entry.arch_kwargs) if resolved.entry is not None else {}
+    kwargs.update(weights_arch_kwargs(resolved.path, read_metadata(resolved.path), spec))
+    try:
+        model = create_model(spec.name, variant, **kwargs)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise WeightsError(f"{resolved.path}: its architecture settings {kwargs} do not build '{spec.name}' "
+                           f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
     load_state_dict_strict(model, read_state_dict(resolved.path), source=resolved.path, strict=strict)
     model.eval().requires_grad_(False)
     return model.to(torch.device(device) if isinstance(device, str) else device), resolved

@@ -7,9 +7,11 @@ tensor or a plain container, so a malicious checkpoint is rejected before any of
 
 from __future__ import annotations
 
+import json
 import pickle
+import re
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 
@@ -34,19 +36,92 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             raw = load_file(str(path), device="cpu")
         except Exception as exc:  # safetensors raises its own error types for corrupt headers
-            raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from None
-    else:
-        try:
-            raw = torch.load(str(path), map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported object"
-            raise UnsafeCheckpointError(
-                f"{path}: refused, the checkpoint carries pickled objects that are not plain tensors "
-                f"({first_line[:160]}); rainkit never unpickles arbitrary code"
-            ) from None
-        except (RuntimeError, EOFError, ValueError, OSError) as exc:
-            raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0][:160]})") from None
+            raise WeightsError(f"{path}: not a readable safetensors file ({_first_line(exc)})") from None
+        return normalize_state_dict(raw, source=path)
+    kind = _torch_file_kind(path)
+    if kind is None:
+        raise WeightsError(f"{path}: not a PyTorch checkpoint, it is {_describe_content(path)}")
+    try:
+        raw = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UnsafeCheckpointError(
+            f"{path}: refused: this {kind} holds {_refused_object(exc)}, not only tensors, and rainkit never runs "
+            f"code from a weights file; if you trust its source, convert it once with "
+            f"`rainkit weights convert {path} {path.with_suffix('.safetensors')} --trust-source`"
+        ) from None
+    except Exception as exc:  # torch raises KeyError, RuntimeError, EOFError, ... for damaged files
+        raise WeightsError(f"{path}: a damaged or unreadable {kind} ({type(exc).__name__}: {_first_line(exc)})") from None
     return normalize_state_dict(raw, source=path)
+
+
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0][:limit] if text else type(exc).__name__)
+
+
+_BLOCKED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def _refused_object(exc: pickle.UnpicklingError) -> str:
+    """What torch's restricted unpickler refused, from its message (e.g. `posix.system`)."""
+    found = _BLOCKED_GLOBAL.search(str(exc))
+    if found:
+        return f"a pickled reference to {found.group(1)}"
+    return "pickled objects of a kind torch's safe loader does not allow"
+
+
+def _torch_file_kind(path: Path) -> str | None:
+    """What kind of PyTorch file this is by its first bytes, or None when it is none of them."""
+    with open(path, "rb") as handle:
+        head = handle.read(512)
+    if head.startswith(b"PK\x03\x04"):
+        return "PyTorch zip checkpoint"
+    if head[:1] == b"\x80":
+        return "legacy pickled PyTorch checkpoint"
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        return "legacy tar PyTorch checkpoint"
+    return None
+
+
+def _describe_content(path: Path) -> str:
+    with open(path, "rb") as handle:
+        head = handle.read(512)
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or any(ch < " " and ch not in "\t\n\r" for ch in text):
+        return f"unrecognised binary data (starts with bytes {head[:8].hex(' ')})"
+    if text.lstrip().startswith(("<!DOCTYPE", "<html", "<HTML")):
+        return "an HTML page (a download that returned a web page instead of the file?)"
+    if text.startswith("version https://git-lfs"):
+        return "a Git LFS pointer file (fetch the real file with `git lfs pull`)"
+    return "a text file"
+
+
+def convert_trusted_checkpoint(source: str | Path, target: str | Path) -> Path:
+    """Re-save the tensors of a checkpoint the user trusts as safetensors, which rainkit then loads safely.
+
+    This is the one place rainkit unpickles without restriction, and only on the user's explicit
+    request (`rainkit weights convert --trust-source`): old checkpoints often pickle a whole model
+    object or training arguments next to the weights.
+    """
+    source, target = Path(source), Path(target)
+    if target.suffix != ".safetensors":
+        raise WeightsError(f"{target}: the converted file must end in .safetensors")
+    if _torch_file_kind(source) is None:
+        raise WeightsError(f"{source}: not a PyTorch checkpoint, it is {_describe_content(source)}")
+    try:
+        raw = torch.load(str(source), map_location="cpu", weights_only=False)
+    except Exception as exc:  # the pickle may need classes that are not importable here
+        raise WeightsError(f"{source}: could not be read even as a trusted checkpoint ({type(exc).__name__}: "
+                           f"{_first_line(exc)})") from None
+    if isinstance(raw, torch.nn.Module):
+        raw = raw.state_dict()
+    state = normalize_state_dict(raw, source=source)
+    from rainkit.io.atomic import atomic_save_safetensors
+
+    return atomic_save_safetensors(target, {k: v.clone() for k, v in state.items()}, {})  # clone: no shared storage
 
 
 def normalize_state_dict(raw, source: str | Path = "<checkpoint>") -> dict[str, torch.Tensor]:
@@ -118,15 +193,80 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         with safe_open(str(path), framework="pt") as handle:
             return dict(handle.metadata() or {})
     except Exception as exc:
-        raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from None
+        raise WeightsError(f"{path}: not a readable safetensors file ({_first_line(exc)})") from None
+
+
+def weights_arch_kwargs(path: str | Path, metadata: Mapping[str, str], spec) -> dict[str, Any]:
+    """The architecture settings a file's metadata records, checked against `spec`'s builder.
+
+    A file made for another architecture, settings that are not a JSON object, an unknown
+    setting or a value of the wrong type is a one-line error naming the file and the key.
+    """
+    import inspect
+
+    if ARCH_KEY in metadata and metadata[ARCH_KEY] != spec.name:
+        raise WeightsError(f"{path}: weights are for '{metadata[ARCH_KEY]}', not '{spec.name}'")
+    if KWARGS_KEY not in metadata:
+        return {}
+    where = f"{path}: metadata '{KWARGS_KEY}'"
+    try:
+        kwargs = json.loads(metadata[KWARGS_KEY])
+    except json.JSONDecodeError as exc:
+        raise WeightsError(f"{where} is not valid JSON ({exc.msg} at character {exc.pos})") from None
+    if not isinstance(kwargs, dict):
+        raise WeightsError(f"{where} must be a JSON object of settings, not {_json_type(kwargs)}")
+    params = inspect.signature(spec.builder).parameters
+    unknown = sorted(k for k in kwargs if k not in params)
+    if unknown:
+        raise WeightsError(f"{where} has unknown setting(s) {', '.join(unknown)} for '{spec.name}' "
+                           f"(known: {', '.join(params)})")
+    for key, value in kwargs.items():
+        default = params[key].default
+        if default is not inspect.Parameter.empty and not _same_kind(value, default):
+            raise WeightsError(f"{where}: '{key}' must be {_json_type(default)} like {json.dumps(_jsonable(default))}, "
+                               f"not {_json_type(value)} {json.dumps(value)}")
+    return kwargs
+
+
+def _same_kind(value, default) -> bool:
+    """Whether a JSON value can stand for a builder default: numbers for numbers, lists for tuples."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if isinstance(default, (tuple, list)):
+        return isinstance(value, list) and all(_same_kind(v, default[0]) for v in value) if default else isinstance(value, list)
+    if default is None:
+        return True
+    return isinstance(value, type(default))
+
+
+def _json_type(value) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return "null" if value is None else type(value).__name__
+
+
+def _jsonable(value):
+    return list(value) if isinstance(value, tuple) else value
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, arch: str, arch_kwargs: dict | None = None,
                     extra: dict[str, str] | None = None) -> Path:
     """Save rainkit's own format: safetensors with bare keys, plus the architecture in the metadata,
     so the file alone says how to rebuild the network. Written atomically."""
-    import json
-
     from rainkit.io.atomic import atomic_save_safetensors
 
     metadata = {ARCH_KEY: arch, KWARGS_KEY: json.dumps(arch_kwargs or {}, sort_keys=True), **(extra or {})}

@@ -19,7 +19,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Indices of relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 in torchvision's vgg16().features.
 VGG16_RELU = {"relu1_2": 3, "relu2_2": 8, "relu3_3": 15, "relu4_3": 22, "relu5_3": 29}
-VGG16_FILE = "vgg16-397923af.pth"
+VGG16_WEIGHTS = "vgg16.imagenet"  # registered in rainkit/models/auxiliary.py
+LPIPS_WEIGHTS = "lpips.vgg-v0.1"
 
 
 class VGGFeatures(nn.Module):
@@ -52,25 +53,22 @@ class VGGFeatures(nn.Module):
 
 
 def load_vgg16_features(path: str | Path | None = None) -> nn.Sequential:
-    """torchvision's VGG-16 trunk with ImageNet weights from `path` or torchvision's cache; never downloads."""
+    """torchvision's VGG-16 trunk with ImageNet weights, verified by sha256; never downloads.
+
+    `path` is a file or a registered name; by default the registered `vgg16.imagenet`
+    (torchvision's `vgg16-397923af.pth`) is looked for on the weights search path, which
+    includes torchvision's own cache.
+    """
     from torchvision.models import vgg16
 
-    from rainkit.hub.checkpoint import read_state_dict
+    from rainkit.hub.checkpoint import load_state_dict_strict, read_state_dict
+    from rainkit.hub.weights import resolve_auxiliary
 
-    candidates = [Path(path)] if path else []
-    if not path:
-        candidates.append(Path(torch.hub.get_dir()) / "checkpoints" / VGG16_FILE)
-    for candidate in candidates:
-        if candidate.is_file():
-            model = vgg16(weights=None)
-            state = read_state_dict(candidate)
-            model.load_state_dict(state)
-            return model.features
-    where = ", ".join(str(c) for c in candidates)
-    raise WeightsError(
-        f"VGG-16 ImageNet weights not found (looked at {where}): pass their path (torchvision's {VGG16_FILE}) "
-        f"with --vgg-weights, or switch the VGG-based terms off with --set loss.contrastive=0 --set loss.lpips=0"
-    )
+    resolved = resolve_auxiliary(path, VGG16_WEIGHTS, "--vgg-weights",
+                                  "--set loss.contrastive=0 --set loss.lpips=0")
+    model = vgg16(weights=None)
+    load_state_dict_strict(model, read_state_dict(resolved.path), source=resolved.path)
+    return model.features
 
 
 class ContrastiveLoss(nn.Module):
@@ -122,21 +120,22 @@ class LPIPSLoss(nn.Module):
         return total
 
 
-def load_lpips_linear(path: str | Path | None) -> list[torch.Tensor]:
-    """The five `lin` weights of LPIPS-VGG v0.1 from a state dict file (keys lin0..lin4 .model.1.weight)."""
-    from rainkit.hub.checkpoint import read_state_dict
+def load_lpips_linear(path: str | Path | None = None) -> list[torch.Tensor]:
+    """The five `lin` weights of LPIPS-VGG v0.1 (keys lin0..lin4 .model.1.weight), verified by sha256.
 
-    if not path or not Path(path).is_file():
-        raise WeightsError(
-            f"LPIPS linear weights not found ({path or 'no path given'}): pass the LPIPS v0.1 VGG file "
-            f"(lpips package, weights/v0.1/vgg.pth) with --lpips-weights, or switch the term off with --set loss.lpips=0"
-        )
-    state = read_state_dict(path)
+    `path` is a file or a registered name; by default the registered `lpips.vgg-v0.1` (the lpips
+    package's weights/v0.1/vgg.pth) is looked for on the weights search path.
+    """
+    from rainkit.hub.checkpoint import read_state_dict
+    from rainkit.hub.weights import resolve_auxiliary
+
+    resolved = resolve_auxiliary(path, LPIPS_WEIGHTS, "--lpips-weights", "--set loss.lpips=0")
+    state = read_state_dict(resolved.path)
     weights = []
     for index in range(5):
         key = next((k for k in state if k.startswith(f"lin{index}.") and k.endswith("weight")), None)
         if key is None:
-            raise WeightsError(f"{path}: no lin{index} weight; not an LPIPS v0.1 VGG file")
+            raise WeightsError(f"{resolved.path}: no lin{index} weight; not an LPIPS v0.1 VGG file")
         weights.append(state[key].flatten())
     return weights
 

@@ -49,19 +49,17 @@ class NoReferenceScorer:
             raise ValueError(f"unknown no-reference metric(s) {', '.join(unknown)}")
         import torch
 
+        from rainkit.extras import require
+
         self._torch = torch
         if "niqe" in self.metrics:
-            from pyiqa.archs.niqe_arch import calculate_niqe
-
+            self._niqe = require("pyiqa.archs.niqe_arch", extra="iqa", for_what="NIQE/BRISQUE").calculate_niqe
             params = _load_json(NIQE_PARAMS)
-            self._niqe = calculate_niqe
             self._mu = torch.tensor(params["mu_pris_param"], dtype=torch.float64)
             self._cov = torch.tensor(params["cov_pris_param"], dtype=torch.float64)
         if "brisque" in self.metrics:
-            from pyiqa.archs.brisque_arch import brisque
-
+            self._brisque = require("pyiqa.archs.brisque_arch", extra="iqa", for_what="NIQE/BRISQUE").brisque
             model = _load_json(BRISQUE_MODEL)
-            self._brisque = brisque
             self._sv_coef = torch.tensor(model["sv_coef"], dtype=torch.float64)
             self._sv = torch.tensor(model["sv"], dtype=torch.float64)
             self._gamma = float(model["gamma"])

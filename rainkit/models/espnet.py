@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rainkit.hub.registry import register_arch
+from rainkit.registry import WeightsEntry, register_arch
 
 CITYSCAPES_CLASSES = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
@@ -207,11 +207,24 @@ class ESPNet(nn.Module):
         return self.classifier(self.conv(torch.cat([up4, stem], 1)))
 
 
+CITYSCAPES_WEIGHTS = WeightsEntry(
+    name="espnet.cityscapes",
+    filename="espnet-cityscapes.pth",
+    sha256="343b0e77e8545d36113c4f3efbf1ee349256f25c97c9f9d5ddefe45f2f49763e",
+    url="https://github.com/sacmehta/ESPNet/raw/afe71c38edaee3514ca44e0adcafdf36109bf437/pretrained/decoder/espnet_p_2_q_8.pth",
+    license="MIT",
+    provenance="official ESPNet (Mehta et al., ECCV 2018) with the light decoder, p=2, q=8, trained on Cityscapes "
+               "(19 classes + unlabelled); pretrained/decoder/espnet_p_2_q_8.pth",
+    mirror_paths=("espnet-cityscapes/espnet_p_2_q_8.pth",),
+)
+
+
 @register_arch(
     "espnet",
     task="segment",
     summary="ESPNet (ECCV 2018) semantic segmentation with the light decoder, Cityscapes 19 classes + unlabelled",
     variants={"tiny": {"p": 1, "q": 1}},
+    weights=(CITYSCAPES_WEIGHTS,),
 )
 def espnet(classes: int = 20, p: int = 2, q: int = 8) -> ESPNet:
     return ESPNet(classes=classes, p=p, q=q)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rainkit.hub.registry import register_arch
+from rainkit.registry import register_arch
 
 
 def binomial_filter(size: int) -> torch.Tensor:

@@ -406,10 +406,10 @@ def default_generator_weights(domain: str):
     (e.g. `tpsence.rain`), or None when rainkit has none for that domain yet.
 
     This is the one place `rainkit generate --method tpsence/auto` looks: registering an entry in
-    `rainkit.hub.catalog` is all it takes to make learned weights the default for a domain.
-    Returns a `rainkit.hub.weights.WeightsEntry` (registered; not necessarily on this machine:
+    `rainkit/models/tpsence.py` is all it takes to make learned weights the default for a domain.
+    Returns a `rainkit.registry.WeightsEntry` (registered; not necessarily on this machine:
     check with `rainkit.hub.weights.check_weights`)."""
-    from rainkit.hub.weights import list_weights
+    from rainkit.registry import list_weights
 
     name = f"{GENERATOR_WEIGHTS_PREFIX}{domain}"
     return next((entry for entry in list_weights() if entry.name == name), None)

@@ -112,7 +112,7 @@ def apply_override(config: TrainConfig, assignment: str) -> None:
     name = parts[-1]
     fields = {f.name: f for f in dataclasses.fields(target)} if dataclasses.is_dataclass(target) else {}
     if name not in fields or dataclasses.is_dataclass(getattr(target, name)):
-        from rainkit.hub.registry import suggest
+        from rainkit.registry import suggest
 
         raise RainkitError(f"--set {key}: unknown setting{suggest(name, fields)}")
     hints = typing.get_type_hints(type(target))

@@ -92,24 +92,23 @@ class _Segmenter(torch.nn.Module):
         return self.net((x - self.mean) / self.std)["out"]
 
 
-def load_segmenter(path: str | None) -> torch.nn.Module:
-    """torchvision's DeepLabV3-MobileNetV3 with weights from `path` (its state dict); never downloads."""
+def load_segmenter(path: str | None = None) -> torch.nn.Module:
+    """torchvision's DeepLabV3-MobileNetV3 with verified weights: `path` (a state dict file or a registered
+    name), else the registered `deeplabv3_mobilenet_v3_large.coco-voc`; never downloads."""
     from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large
 
-    from rainkit.errors import WeightsError
     from rainkit.hub.checkpoint import load_state_dict_strict, read_state_dict
+    from rainkit.hub.weights import resolve_auxiliary
 
-    if not path or not Path(path).is_file():
-        raise WeightsError(
-            f"segmentation network weights not found ({path or 'no path given'}): pass torchvision's "
-            f"deeplabv3_mobilenet_v3_large state dict with --segmenter-weights, or switch the term off with "
-            f"--set loss.segmentation=0"
-        )
-    state = read_state_dict(path)
+    resolved = resolve_auxiliary(path, SEGMENTER_WEIGHTS, "--segmenter-weights", "--set loss.segmentation=0")
+    state = read_state_dict(resolved.path)
     net = deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=21,
                                        aux_loss=any(k.startswith("aux_classifier") for k in state))
-    load_state_dict_strict(net, state, path)
+    load_state_dict_strict(net, state, resolved.path)
     return _Segmenter(net)
+
+
+SEGMENTER_WEIGHTS = "deeplabv3_mobilenet_v3_large.coco-voc"  # registered in rainkit/models/auxiliary.py
 
 
 def lr_at(config: TrainConfig, epoch: int) -> float:
