@@ -27,3 +27,27 @@ class DeviceError(RainkitError):
 
 class DatasetError(RainkitError):
     """A dataset cannot be found, or is incomplete."""
+
+
+class ParameterError(RainkitError):
+    """A bad argument of a library call, named as the call spells it (`metrics`); a command line
+    says it with its own option name through `for_option`."""
+
+    def __init__(self, parameter: str, problem: str):
+        self.parameter = parameter
+        self.problem = problem
+        super().__init__(f"{parameter}: {problem}")
+
+    def for_option(self, option: str) -> "ParameterError":
+        return ParameterError(option, self.problem)
+
+
+class MetricNotApplicable(InputError):
+    """A metric has no value for one image (too small for it, or uniform); the image's other
+    metrics, and the other images, are still scored."""
+
+    def __init__(self, metric: str, image: str, reason: str):
+        self.metric = metric
+        self.image = image
+        self.reason = reason
+        super().__init__(f"{image}: {metric} not scored: {reason}")

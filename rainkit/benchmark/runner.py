@@ -28,7 +28,7 @@ from rainkit.data.datasets import Dataset, Pair
 from rainkit.data.images import read_image, to_uint8
 from rainkit.io.atomic import atomic_write_bytes
 from rainkit.errors import RainkitError
-from rainkit.metrics import METRICS, NO_REFERENCE_METRICS, crop_border, full_reference_scores, parse_metrics
+from rainkit.metrics import METRICS, create_metric, crop_border, parse_metrics
 
 QUANTIZE_MODES = ("truncate", "round")
 GRID_FOLDER = "grid"
@@ -130,9 +130,7 @@ class BenchmarkResult:
             "seconds": round(self.seconds, 3),
             "settings": self.settings,
             "dataset": self.dataset.describe(),
-            "metrics": {k: {"title": METRICS[k].title, "unit": METRICS[k].unit,
-                            "higher_is_better": METRICS[k].higher_is_better, "convention": METRICS[k].convention}
-                        for k in self.metrics},
+            "metrics": {k: METRICS[k].describe() for k in self.metrics},
             "means": {label: {k: _finite(v) for k, v in means.items()} for label, means in self.means().items()},
             "models": [
                 {
@@ -189,29 +187,26 @@ def _safe_name(text: str) -> str:
 
 
 class _Scorer:
-    """Scores one restored image: full-reference metrics against the clean image, no-reference ones alone."""
+    """Scores one restored image with the metrics asked for: those needing a reference against the
+    clean image, the others alone; `border` pixels are cropped on every side first."""
 
     def __init__(self, metrics: Sequence[str], border: int):
-        self.full = [m for m in metrics if METRICS[m].needs_reference]
-        self.noref = [m for m in metrics if m in NO_REFERENCE_METRICS]
+        self.metrics = [create_metric(m) for m in metrics]
         self.border = border
-        self._noref_scorer = None
-        if self.noref:
-            from rainkit.metrics.noref import NoReferenceScorer
-
-            self._noref_scorer = NoReferenceScorer(self.noref)
 
     def __call__(self, restored: np.ndarray, pair: Pair, clean: np.ndarray | None = None) -> dict[str, float]:
         scores: dict[str, float] = {}
-        if self.full:
+        if any(m.info.needs_reference for m in self.metrics):
             if clean is None:
                 clean = _read_u8(pair.clean)
             if clean.shape != restored.shape:
                 raise RainkitError(f"{pair.rainy.name}: the output is {restored.shape[1]}x{restored.shape[0]} "
                                    f"but {pair.clean.name} is {clean.shape[1]}x{clean.shape[0]}")
-            scores.update(full_reference_scores(restored, clean, self.full, border=self.border))
-        if self.noref:
-            scores.update(self._noref_scorer(crop_border(restored, self.border), name=pair.rainy.name))
+            clean = crop_border(clean, self.border)
+        restored = crop_border(restored, self.border)
+        for metric in self.metrics:
+            reference = clean if metric.info.needs_reference else None
+            scores[metric.name] = metric(restored, reference, name=pair.rainy.name)
         return scores
 
 
@@ -242,10 +237,7 @@ def run_benchmark(
     (`<folder>/<model>/<id>.png`) and side-by-side grids of the first `grid_images` images.
     """
     started = time.perf_counter()
-    if isinstance(metrics, str) or metrics is None:
-        metric_names = parse_metrics(metrics, dataset.has_reference)
-    else:
-        metric_names = parse_metrics(",".join(metrics), dataset.has_reference)
+    metric_names = parse_metrics(metrics, dataset.has_reference)
     if quantize not in QUANTIZE_MODES:
         raise RainkitError(f"unknown quantisation '{quantize}' (use {' or '.join(QUANTIZE_MODES)})")
     if crop_border < 0:
