@@ -52,9 +52,8 @@ def _bad_file(path: Path, kind: str) -> str:
     if kind == "corrupt-png":  # a PNG signature and end, garbage between
         path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4 + b"IEND\xaeB`\x82")
         return "not a decodable image"
-    if kind == "unreadable":
+    if kind == "unreadable":  # the caller denies reading it (`deny_reading`)
         _png(path)
-        path.chmod(0)
         return "permission denied"
     raise AssertionError(kind)
 
@@ -62,20 +61,49 @@ def _bad_file(path: Path, kind: str) -> str:
 BAD_KINDS = ["empty", "text", "truncated-jpeg", "corrupt-png", "unreadable"]
 
 
-def _skip_if_root(kind: str) -> None:
-    if kind == "unreadable" and AS_ROOT:
-        pytest.skip("running as root: chmod 000 does not stop reading (corrupt-png stands in for it)")
+@pytest.fixture
+def deny_reading(monkeypatch):
+    """`deny_reading(path)`: make `path` unreadable. chmod 000 where that works; as root, where it
+    does not, opening the file raises the PermissionError a chmod would."""
+    import builtins
+    import io
+
+    denied: set[str] = set()
+    real_open = io.open
+
+    def guarded_open(file, *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and os.path.abspath(os.fspath(file)) in denied:
+            raise PermissionError(13, "Permission denied", os.fspath(file))
+        return real_open(file, *args, **kwargs)
+
+    if AS_ROOT:
+        monkeypatch.setattr(builtins, "open", guarded_open)
+        monkeypatch.setattr(io, "open", guarded_open)
+
+    locked: list[Path] = []
+
+    def deny(path: Path) -> None:
+        if AS_ROOT:
+            denied.add(os.path.abspath(path))
+        else:
+            path.chmod(0)
+            locked.append(path)
+
+    yield deny
+    for path in locked:
+        path.chmod(0o644)
 
 
 # --- --images (no references) ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", BAD_KINDS)
-def test_images_folder_scores_around_a_bad_file(kind, tmp_path):
-    _skip_if_root(kind)
+def test_images_folder_scores_around_a_bad_file(kind, tmp_path, deny_reading):
     folder = tmp_path / "real"
     _png(folder / "a.png", 100, 120, seed=1)
     suffix = ".jpg" if kind in ("text", "truncated-jpeg") else ".png"
     reason = _bad_file(folder / f"b{suffix}", kind)
+    if kind == "unreadable":
+        deny_reading(folder / f"b{suffix}")
     _png(folder / "c.png", 100, 120, seed=2)
     result = run_benchmark(image_folder(folder), ["none"], ["brisque"])
     none = result.model("none")
@@ -119,15 +147,12 @@ def test_images_cli_lists_every_failure_and_exits_1(tmp_path, capsys):
         assert row["brisque"] == "" and reason in row["error"]
 
 
-@pytest.mark.skipif(AS_ROOT, reason="running as root: chmod 000 does not stop reading")
-def test_permission_denied_is_one_failure_in_the_cli(tmp_path, capsys):
+def test_permission_denied_is_one_failure_in_the_cli(tmp_path, capsys, deny_reading):
     folder = tmp_path / "real"
     _png(folder / "a.png", 100, 120)
     _bad_file(folder / "locked.png", "unreadable")
-    try:
-        assert main(["benchmark", "--images", str(folder), "--metrics", "brisque"]) == 1
-    finally:
-        (folder / "locked.png").chmod(0o644)
+    deny_reading(folder / "locked.png")
+    assert main(["benchmark", "--images", str(folder), "--metrics", "brisque"]) == 1
     printed = capsys.readouterr()
     assert "locked.png: permission denied" in printed.out + printed.err
 
@@ -239,17 +264,15 @@ def test_dataset_folder_scores_around_a_bad_file(tmp_path, capsys):
     assert "rain-002.png: not a decodable image" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(AS_ROOT, reason="running as root: chmod 000 does not stop reading")
-def test_unreadable_file_does_not_stop_the_dataset_fingerprint(tmp_path):
+def test_unreadable_file_does_not_stop_the_dataset_fingerprint(tmp_path, deny_reading):
     rainy, clean = tmp_path / "rainy", tmp_path / "clean"
     for n in range(1, 3):
         _png(clean / f"{n}.png", seed=n)
         _png(rainy / f"{n}.png", seed=n)
     _bad_file(rainy / "2.png", "unreadable")
-    try:
-        data = paired_folders(rainy, clean)
-        assert len(data.fingerprint) == 64
-        result = run_benchmark(data, ["none"], ["psnr_y"])
-    finally:
-        (rainy / "2.png").chmod(0o644)
-    assert "permission denied" in result.failures[0][1].error
+    deny_reading(rainy / "2.png")
+    data = paired_folders(rainy, clean)
+    assert data.sizes == {"48x40": 1, "unreadable": 1} and len(data.fingerprint) == 64
+    result = run_benchmark(data, ["none"], ["psnr_y"])
+    assert [im.id for _, im in result.failures] == ["2"] and "2.png: permission denied" in result.failures[0][1].error
+    assert result.model("none").count("psnr_y") == 1

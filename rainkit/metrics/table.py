@@ -151,11 +151,11 @@ def _full_reference(score: Callable[[np.ndarray, np.ndarray], float], on_luma: b
     return build
 
 
-def _no_reference(module_class: str) -> Builder:
+def _no_reference(class_name: str) -> Builder:
     def build():
-        from rainkit.metrics import noref
+        from rainkit.metrics import noref  # imports pyiqa and torch only when such a metric is built
 
-        scorer = getattr(noref, module_class)()
+        scorer = getattr(noref, class_name)()
 
         def run(image: np.ndarray, reference: None, name: str) -> float:
             return scorer(image, name=name)
