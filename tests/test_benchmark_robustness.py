@@ -276,3 +276,21 @@ def test_unreadable_file_does_not_stop_the_dataset_fingerprint(tmp_path, deny_re
     result = run_benchmark(data, ["none"], ["psnr_y"])
     assert [im.id for _, im in result.failures] == ["2"] and "2.png: permission denied" in result.failures[0][1].error
     assert result.model("none").count("psnr_y") == 1
+
+
+def test_a_bad_file_fails_once_per_model_and_is_listed_once(tmp_path, tiny_sapnet_file, capsys):
+    rainy, clean = tmp_path / "rainy", tmp_path / "clean"
+    for n in range(1, 4):
+        _png(clean / f"{n}.png", seed=n)
+        _png(rainy / f"{n}.png", seed=n + 30)
+    _bad_file(rainy / "3.png", "empty")
+    code = main(["benchmark", "--pairs", str(rainy), str(clean), "--model", "none",
+                 "--model", f"sapnet={tiny_sapnet_file}", "--device", "cpu", "--tile", "0", "--metrics", "psnr_y",
+                 "--json", str(tmp_path / "r.json")])
+    printed = capsys.readouterr().err
+    assert code == 1
+    assert printed.count(f"{rainy / '3.png'}: empty file (0 bytes)") == 1
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert [(f["model"], f["image"]) for f in data["failures"]] == [("none", "3"), ("sapnet", "3")]
+    assert [m["counts"]["psnr_y"] for m in data["models"]] == [2, 2]
+    assert data["models"][1]["seconds_per_image"] > 0

@@ -267,8 +267,8 @@ def _caption(result) -> str:
     from rainkit.metrics import METRICS
 
     settings = result.settings
-    parts = ["mean ± std over the images with a value (\"over n/N\" where some have none); ↑ higher is better, "
-             "↓ lower is better; s/img: inference seconds per image"]
+    parts = [("mean ± std over the images with a value (\"over n/N\" where some have none); ↑ higher is better, "
+              "↓ lower is better; s/img: inference seconds per image")]
     if any(METRICS[m].needs_reference for m in result.metrics):
         parts.append(f"_y: Y of MATLAB rgb2ycbcr (BT.601, 16-235), _rgb: 8-bit RGB; peak 255; SSIM 11x11 Gaussian "
                      f"(sigma 1.5), valid borders; outputs quantised by {settings['quantize']}; "
