@@ -18,6 +18,10 @@ class ParameterError(RainkitError):
         self.detail = detail
         super().__init__(f"{parameter}: {detail}")
 
+    def for_option(self, option: str) -> "ParameterError":
+        """The same error, said with a front end's name for the parameter."""
+        return ParameterError(option, self.detail)
+
 
 class InputError(RainkitError):
     """An input image or folder cannot be used."""
@@ -45,3 +49,14 @@ class MissingExtraError(RainkitError):
 
 class RainkitWarning(UserWarning):
     """Something the user should know that does not stop the run (the CLI shows it as one line)."""
+
+
+class MetricNotApplicable(InputError):
+    """A metric has no value for one image (too small for it, or uniform); the image's other
+    metrics, and the other images, are still scored."""
+
+    def __init__(self, metric: str, image: str, reason: str):
+        self.metric = metric
+        self.image = image
+        self.reason = reason
+        super().__init__(f"{image}: {metric} not scored: {reason}")

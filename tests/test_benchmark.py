@@ -14,13 +14,13 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO, rainy_like, shared_root
+from tests.conftest import REPO, rainy_like, shared_root
 from rainkit.benchmark import ModelSpec, command_line_order, model_specs, parse_model, run_benchmark
 from rainkit.benchmark.report import json_text, plot_means, write_csv
 from rainkit.cli import main
 from rainkit.data.datasets import image_folder, paired_folders, resolve_dataset
 from rainkit.data.images import read_image, to_uint8
-from rainkit.errors import RainkitError
+from rainkit.errors import ParameterError, RainkitError
 from rainkit.metrics import full_reference_scores
 
 PAIRED_METRICS = ["psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb"]
@@ -181,7 +181,7 @@ def test_runner_validates_before_work(paired_set, tmp_path):
     data = resolve_dataset(str(paired_set))
     with pytest.raises(RainkitError, match="quantisation"):
         run_benchmark(data, ["none"], quantize="floor")
-    with pytest.raises(RainkitError, match="crop-border"):
+    with pytest.raises(ParameterError, match="^crop_border: must be 0 or more"):
         run_benchmark(data, ["none"], crop_border=-1)
     with pytest.raises(RainkitError, match="need clean references"):
         run_benchmark(image_folder(paired_set / "rainy"), ["none"], ["psnr_y"])
@@ -237,6 +237,9 @@ def test_cli_pairs_json_csv_plot(paired_set, tiny_sapnet_file, tmp_path, capsys)
 @pytest.mark.parametrize("args, message", [
     (["--dataset", "rain100l", "--data-root", "{tmp}/nothing"], "dataset 'rain100l' not found"),
     (["--pairs", "{set}/rainy", "{set}/norain", "--metrics", "lpips"], "unknown metric"),
+    (["--pairs", "{set}/rainy", "{set}/norain", "--metrics", "nique"],
+     "--metrics: unknown metric 'nique'; did you mean niqe"),
+    (["--pairs", "{set}/rainy", "{set}/norain", "--model", "none", "--model", "none"], "--model: none is listed twice"),
     (["--images", "{set}/rainy", "--metrics", "psnr_y"], "need clean references"),
     (["--pairs", "{set}/rainy", "{set}/norain", "--model", "prenet", "--model", "sapnet", "--weights", "x.pth",
       "--weights", "y.pth", "--weights", "z.pth"], "--weights"),

@@ -44,12 +44,12 @@ def test_require_returns_the_module():
 
 
 def test_no_reference_metrics_without_pyiqa(monkeypatch):
-    from rainkit.metrics.noref import NoReferenceScorer
+    from rainkit.metrics import create_metric
 
     _hide(monkeypatch, "pyiqa")
     for metric in ("niqe", "brisque"):
         with pytest.raises(MissingExtraError, match=r"NIQE/BRISQUE need pyiqa: pip install 'rainkit\[iqa\]'"):
-            NoReferenceScorer([metric])
+            create_metric(metric)
 
 
 def test_cli_benchmark_and_detect_without_their_extras(monkeypatch, tmp_path, capsys):

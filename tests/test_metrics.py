@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import math
 import socket
+from dataclasses import replace
 
+import cv2
 import numpy as np
 import pytest
 
-from conftest import shared_file
+from tests.conftest import shared_file
 from rainkit.data.images import read_image, to_uint8
-from rainkit.errors import RainkitError
-from rainkit.metrics import METRICS, crop_border, full_reference_scores, parse_metrics, psnr, rgb_to_y, ssim
+from rainkit.errors import MetricNotApplicable, ParameterError, RainkitError
+from rainkit.metrics import (METRICS, create_metric, crop_border, full_reference_scores, get_metric, parse_metrics, psnr,
+                             register_metric, rgb_to_y, ssim)
 
 PEAK2 = 255.0 ** 2
 
@@ -166,6 +169,7 @@ def test_parse_metrics():
     assert parse_metrics(None, True) == ["psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb"]
     assert parse_metrics(None, False) == ["niqe", "brisque"]
     assert parse_metrics("ssim_y, PSNR-Y", True) == ["ssim_y", "psnr_y"]
+    assert parse_metrics(["ssim_y", "niqe"], True) == ["ssim_y", "niqe"]
     assert parse_metrics("all", False) == ["niqe", "brisque"]
     with pytest.raises(RainkitError, match="ambiguous"):
         parse_metrics("psnr", True)
@@ -173,6 +177,35 @@ def test_parse_metrics():
         parse_metrics("lpips", True)
     with pytest.raises(RainkitError, match="need clean references"):
         parse_metrics("psnr_y,niqe", False)
+
+
+def test_metric_errors_name_the_parameter_and_suggest():
+    with pytest.raises(ParameterError) as caught:
+        parse_metrics("nique", False)
+    assert caught.value.parameter == "metrics" and str(caught.value).startswith("metrics: unknown metric 'nique'")
+    assert "did you mean niqe" in str(caught.value)
+    assert str(caught.value.for_option("--metrics")).startswith("--metrics: unknown metric")
+    with pytest.raises(ParameterError, match="did you mean ssim_y"):
+        get_metric("ssim-yy")
+
+
+def test_metric_table_refuses_a_name_twice():
+    with pytest.raises(RainkitError, match="already registered"):
+        register_metric(METRICS["psnr_y"])
+    with pytest.raises(RainkitError, match="already registered"):
+        register_metric(replace(METRICS["psnr_y"], name="psnr"))  # an ambiguous name is taken too
+    assert list(METRICS) == ["psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "niqe", "brisque"]
+
+
+def test_create_metric_scores_as_the_functions_do():
+    rng = np.random.default_rng(9)
+    a = rng.integers(0, 256, (24, 30, 3)).astype(np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-20, 21, a.shape), 0, 255).astype(np.uint8)
+    assert create_metric("psnr_y")(a, b) == psnr(rgb_to_y(a), rgb_to_y(b))
+    assert create_metric("ssim_rgb")(a, b) == ssim(a, b)
+    assert create_metric("PSNR-RGB").name == "psnr_rgb"
+    with pytest.raises(ValueError, match="reference="):
+        create_metric("ssim_y")(a)
 
 
 # --- golden values on real data (../shared) -------------------------------------------------------
@@ -211,31 +244,62 @@ def no_network(monkeypatch):
     monkeypatch.setattr(download_util, "download_file_from_google_drive", refuse, raising=False)
 
 
-# pyiqa with the LIVE parameters, from ../shared/README.md
-CALIBRATION = {"I03": (15.6538, 94.6443), "I04": (3.6549, -0.1068)}
+# pyiqa with its own LIVE parameter files (IQA-PyTorch ResultsCalibra/calibration_summary.csv, rows
+# niqe(ours) and brisque(ours)); ../shared/README.md has them beside the MATLAB code's.
+CALIBRATION = {
+    "I03": (15.6538, 94.6443),
+    "I04": (3.6549, -0.1068),
+    "I06": (3.2342, 1.0732),
+    "I08": (3.1922, 5.1447),
+    "I19": (9.0722, 66.8415),
+}
+
+
+@pytest.fixture(scope="module")
+def no_reference_metrics():
+    from rainkit.metrics import create_metric
+
+    return create_metric("niqe"), create_metric("brisque")
 
 
 @pytest.mark.slow
-def test_niqe_brisque_calibration_offline(no_network):
-    from rainkit.metrics import NoReferenceScorer
-
-    images = {name: shared_file(f"iqa/calibration/{name}.bmp") for name in CALIBRATION}
-    scorer = NoReferenceScorer(["niqe", "brisque"])
-    for name, path in images.items():
-        scores = scorer(to_uint8(read_image(path).rgb, "round"), name=name)
-        niqe, brisque = CALIBRATION[name]
-        assert scores["niqe"] == pytest.approx(niqe, abs=0.01), name
-        assert scores["brisque"] == pytest.approx(brisque, abs=0.01), name
+@pytest.mark.parametrize("name", sorted(CALIBRATION))
+def test_niqe_brisque_calibration_offline(name, no_network, no_reference_metrics):
+    path = shared_file(f"iqa/calibration/{name}.bmp")
+    niqe, brisque = no_reference_metrics
+    rgb = to_uint8(read_image(path).rgb, "round")
+    expected_niqe, expected_brisque = CALIBRATION[name]
+    assert niqe(rgb, name=name) == pytest.approx(expected_niqe, abs=0.01)
+    assert brisque(rgb, name=name) == pytest.approx(expected_brisque, abs=0.01)
 
 
-@pytest.mark.slow
-def test_niqe_refuses_tiny_images_and_checks_input(no_network):
-    from rainkit.metrics import NoReferenceScorer
-
-    scorer = NoReferenceScorer(["niqe"])
-    with pytest.raises(RainkitError, match="too small for NIQE"):
-        scorer(np.zeros((64, 64, 3), np.uint8), name="tiny.png")
+def test_niqe_and_brisque_refuse_what_they_cannot_score(no_network, no_reference_metrics):
+    niqe, brisque = no_reference_metrics
+    rng = np.random.default_rng(6)
+    texture = rng.integers(0, 256, (120, 160, 3)).astype(np.uint8)
+    for shape, metric, reason in [((95, 300), niqe, "smaller than its 96x96 block"),
+                                  ((1, 1), niqe, "smaller than its 96x96 block"),
+                                  ((16, 8000), niqe, "smaller than its 96x96 block"),
+                                  ((6, 64), brisque, "smaller than its 7x7 window"),
+                                  ((2, 3), brisque, "smaller than its 7x7 window")]:
+        image = np.resize(texture, (*shape, 3))
+        with pytest.raises(MetricNotApplicable, match=reason) as caught:
+            metric(image, name="small.png")
+        assert caught.value.metric == metric.name and str(caught.value).startswith("small.png: ")
+    flat = np.full((200, 200, 3), 128, np.uint8)
+    for metric in (niqe, brisque):
+        with pytest.raises(MetricNotApplicable, match="uniform"):
+            metric(flat, name="flat.png")
     with pytest.raises(ValueError):
-        scorer(np.zeros((200, 200, 3), np.float32))
-    with pytest.raises(ValueError):
-        NoReferenceScorer(["psnr_y"])
+        niqe(np.zeros((200, 200, 3), np.float32))
+
+
+def test_niqe_scores_one_block_as_pyiqa_does(no_network, no_reference_metrics):
+    """pyiqa fits NIQE over 96x96 blocks and takes one block as enough (the covariance of a single
+    block's features is zero), so 160x107 and 96x96 are scored: only the first block counts."""
+    niqe, _ = no_reference_metrics
+    rng = np.random.default_rng(8)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (107, 160, 3)).astype(np.uint8), (5, 5), 1.0)
+    value = niqe(image, name="160x107.png")
+    assert math.isfinite(value)
+    assert niqe(np.ascontiguousarray(image[:96, :96]), name="96x96.png") == pytest.approx(value, abs=1e-9)

@@ -1,6 +1,7 @@
 """A per-image JSONL cache so that a killed benchmark resumes without recomputing finished images.
 
-Each line is one scored image: `{"key": ..., "model": ..., "id": ..., "scores": {...}, "seconds": ...}`.
+Each line is one scored image: `{"key": ..., "model": ..., "id": ..., "scores": {...}, "seconds": ...,
+"not_scored": {metric: reason}}`; an image that failed is not written, so a resumed run tries it again.
 The key is a sha256 over everything that decides the scores: the model, the sha256 of its
 weights, the quantisation, the crop border, device type, precision and tiling, and the digest
 of the pair's files. A line is written (and flushed) as soon as an image is scored, so a run
@@ -74,19 +75,22 @@ class ResumeCache:
                     entry = json.loads(line)
                     key = entry["key"]
                     entry["scores"] = {k: _decode(v) for k, v in entry["scores"].items()}
+                    entry["not_scored"] = {str(k): str(v) for k, v in entry.get("not_scored", {}).items()}
                 except (ValueError, KeyError, TypeError, AttributeError):
                     continue  # a line torn by a kill, or not ours
                 self.entries[key] = entry
 
     def get(self, key: str, metrics) -> dict | None:
-        """The entry for `key` if it holds every metric asked for."""
+        """The entry for `key` if it holds every metric asked for (a value, or why there is none)."""
         entry = self.entries.get(key)
-        if entry is None or any(m not in entry["scores"] for m in metrics):
+        if entry is None or any(m not in entry["scores"] and m not in entry["not_scored"] for m in metrics):
             return None
         return entry
 
-    def put(self, key: str, model: str, image_id: str, scores: dict, seconds: float) -> None:
-        entry = {"key": key, "model": model, "id": image_id, "scores": scores, "seconds": seconds}
+    def put(self, key: str, model: str, image_id: str, scores: dict, seconds: float,
+            not_scored: dict | None = None) -> None:
+        entry = {"key": key, "model": model, "id": image_id, "scores": scores, "seconds": seconds,
+                 "not_scored": dict(not_scored or {})}
         line = json.dumps({**entry, "scores": {k: _encode(v) for k, v in scores.items()}}) + "\n"
         with self._lock:
             self.entries[key] = entry

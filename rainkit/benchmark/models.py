@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from rainkit.errors import RainkitError
+from rainkit.errors import ParameterError
 
 NONE = "none"
 
@@ -37,21 +37,21 @@ def parse_model(text: str) -> ModelSpec:
     name, sep, weights = text.partition("=")
     name = name.strip().lower()
     if not name:
-        raise RainkitError(f"--model '{text}': no model name (use none, sapnet, prenet, or MODEL=WEIGHTS)")
+        raise ParameterError("models", f"'{text}': no model name (use none, sapnet, prenet, or MODEL=WEIGHTS)")
     if sep and not weights.strip():
-        raise RainkitError(f"--model '{text}': empty weights after '='")
+        raise ParameterError("models", f"'{text}': empty weights after '='")
     if name == NONE:
         if sep:
-            raise RainkitError(f"--model '{text}': 'none' scores the rainy input and takes no weights")
+            raise ParameterError("models", f"'{text}': 'none' scores the rainy input and takes no weights")
         return ModelSpec(NONE)
     return ModelSpec(name, weights.strip() or None)
 
 
 def _attach(spec: ModelSpec, weights: str) -> ModelSpec:
     if spec.is_input:
-        raise RainkitError(f"--weights {weights}: follows --model none, which takes no weights")
+        raise ParameterError("weights", f"{weights}: follows model 'none', which takes no weights")
     if spec.weights is not None:
-        raise RainkitError(f"--weights {weights}: model '{spec}' already names its weights")
+        raise ParameterError("weights", f"{weights}: model '{spec}' already names its weights")
     return replace(spec, weights=weights)
 
 
@@ -80,16 +80,16 @@ def model_specs(models: Sequence[str], weights: Sequence[str] = (),
                 pending.append(value)
         if pending:
             if len(result) != 1 or len(pending) != 1:
-                raise RainkitError("--weights before the first --model is ambiguous with several models: "
-                                   "put each --weights after its --model, or write MODEL=WEIGHTS")
+                raise ParameterError("weights", "weights before the first model are ambiguous with several "
+                                                "models: put each weights after its model, or write MODEL=WEIGHTS")
             result[0] = _attach(result[0], pending[0])
         return finalize_specs(result)
     candidates = [i for i, s in enumerate(specs) if not s.is_input and s.weights is None]
     if len(weights) == 1 and len(candidates) == 1:
         specs[candidates[0]] = _attach(specs[candidates[0]], weights[0])
         return finalize_specs(specs)
-    raise RainkitError("several models and --weights: write MODEL=WEIGHTS (e.g. --model prenet=prenet.rain100l) "
-                       "or put each --weights right after its --model")
+    raise ParameterError("weights", "several models and weights: write MODEL=WEIGHTS (e.g. prenet=prenet.rain100l) "
+                                    "or put each weights right after its model")
 
 
 def _weights_tag(weights: str | None) -> str:
@@ -110,7 +110,7 @@ def finalize_specs(specs: Iterable[ModelSpec]) -> list[ModelSpec]:
     for spec in specs:
         key = (spec.model, spec.weights)
         if key in seen:
-            raise RainkitError(f"--model {spec} is listed twice")
+            raise ParameterError("models", f"{spec} is listed twice")
         seen.add(key)
     counts: dict[str, int] = {}
     for spec in specs:

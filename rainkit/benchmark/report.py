@@ -26,9 +26,11 @@ def write_json(result: BenchmarkResult, path: str | os.PathLike, extra_settings:
 
 
 def write_csv(result: BenchmarkResult, path: str | os.PathLike) -> None:
-    """One row per model and image: model, image, rainy, clean, seconds, cached, then the metrics."""
+    """One row per model and image: model, image, rainy, clean, seconds, cached, the metrics (empty
+    where an image has no value), then `error` (why the image has no scores) and `not_scored`
+    (`metric: reason; ...` for metrics that do not apply to it)."""
     buffer = io.StringIO()
-    fields = ["model", "image", "rainy", "clean", "seconds", "cached", *result.metrics]
+    fields = ["model", "image", "rainy", "clean", "seconds", "cached", *result.metrics, "error", "not_scored"]
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for row in result.rows():

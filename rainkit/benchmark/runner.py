@@ -6,6 +6,11 @@ tiling). Model outputs are quantised to 8 bits the way the published evaluations
 request); the rainy inputs and clean references are 8-bit files and are used as they are.
 Scoring, saving and cache writing run in one worker thread while the next image is being
 derained (OpenCV and NumPy release the GIL), so metrics add little to the inference time.
+
+A run never stops at a bad image: one that cannot be read (or derained, or compared with its
+reference) keeps an `error` line and no scores, and a metric that does not apply to an image
+(NIQE on one smaller than its block, anything on a uniform one) leaves its value out with the
+reason in `not_scored`. Means are over the images that have a value (`ModelResult.count`).
 """
 
 from __future__ import annotations
@@ -27,8 +32,8 @@ from rainkit.benchmark.models import ModelSpec, finalize_specs, parse_model
 from rainkit.data.datasets import Dataset, Pair
 from rainkit.data.images import read_image, to_uint8
 from rainkit.io.atomic import atomic_write_bytes
-from rainkit.errors import RainkitError
-from rainkit.metrics import METRICS, NO_REFERENCE_METRICS, crop_border, full_reference_scores, parse_metrics
+from rainkit.errors import InputError, MetricNotApplicable, ParameterError, RainkitError
+from rainkit.metrics import METRICS, create_metric, crop_border, parse_metrics
 
 QUANTIZE_MODES = ("truncate", "round")
 GRID_FOLDER = "grid"
@@ -38,9 +43,11 @@ _IN_FLIGHT = 2  # images scored in the worker while the main thread derains the 
 @dataclass
 class ImageScore:
     id: str
-    scores: dict[str, float]
+    scores: dict[str, float]  # the metrics that have a value for this image
     seconds: float  # inference time (0 for the rainy input)
     cached: bool = False
+    error: str | None = None  # one line: why this image has no scores at all (unreadable file, ...)
+    not_scored: dict[str, str] = field(default_factory=dict)  # metric -> why it has no value here
 
 
 @dataclass
@@ -61,6 +68,14 @@ class ModelResult:
     def values(self, metric: str) -> np.ndarray:
         return np.array([im.scores[metric] for im in self.images if metric in im.scores], dtype=np.float64)
 
+    def count(self, metric: str) -> int:
+        """How many images the mean of `metric` is taken over."""
+        return sum(1 for im in self.images if metric in im.scores)
+
+    @property
+    def failed(self) -> list[ImageScore]:
+        return [im for im in self.images if im.error is not None]
+
     def mean(self, metric: str) -> float:
         values = self.values(metric)
         return float(values.mean()) if values.size else float("nan")
@@ -74,9 +89,10 @@ class ModelResult:
 
     @property
     def seconds_per_image(self) -> float | None:
-        if self.spec.is_input or not self.images:
+        derained = [im.seconds for im in self.images if im.error is None]
+        if self.spec.is_input or not derained:
             return None
-        return float(np.mean([im.seconds for im in self.images]))
+        return float(np.mean(derained))
 
     @property
     def cached_count(self) -> int:
@@ -100,6 +116,17 @@ class BenchmarkResult:
     created: str = ""
     grids: list[Path] = field(default_factory=list)
 
+    @property
+    def failures(self) -> list[tuple[str, ImageScore]]:
+        """(model label, image) for every image that could not be scored."""
+        return [(m.label, im) for m in self.models for im in m.failed]
+
+    @property
+    def not_scored(self) -> list[tuple[str, ImageScore, str, str]]:
+        """(model label, image, metric, reason) for every metric without a value on an image."""
+        return [(m.label, im, metric, reason) for m in self.models for im in m.images
+                for metric, reason in im.not_scored.items()]
+
     def means(self) -> dict[str, dict[str, float]]:
         return {m.label: {k: m.mean(k) for k in self.metrics} for m in self.models}
 
@@ -120,6 +147,8 @@ class BenchmarkResult:
                        "clean": str(pair.clean) if pair.clean is not None else "",
                        "seconds": round(im.seconds, 4), "cached": im.cached}
                 row.update({k: im.scores.get(k) for k in self.metrics})
+                row["error"] = im.error or ""
+                row["not_scored"] = "; ".join(f"{k}: {v}" for k, v in im.not_scored.items())
                 rows.append(row)
         return rows
 
@@ -130,9 +159,7 @@ class BenchmarkResult:
             "seconds": round(self.seconds, 3),
             "settings": self.settings,
             "dataset": self.dataset.describe(),
-            "metrics": {k: {"title": METRICS[k].title, "unit": METRICS[k].unit,
-                            "higher_is_better": METRICS[k].higher_is_better, "convention": METRICS[k].convention}
-                        for k in self.metrics},
+            "metrics": {k: METRICS[k].describe() for k in self.metrics},
             "means": {label: {k: _finite(v) for k, v in means.items()} for label, means in self.means().items()},
             "models": [
                 {
@@ -144,18 +171,24 @@ class BenchmarkResult:
                     "device": m.device,
                     "precision": m.precision,
                     "images": len(m.images),
+                    "failed_images": len(m.failed),
                     "cached_images": m.cached_count,
                     "seconds_per_image": _finite(m.seconds_per_image) if m.seconds_per_image is not None else None,
                     "means": {k: _finite(m.mean(k)) for k in self.metrics},
                     "std": {k: _finite(m.std(k)) for k in self.metrics},
+                    "counts": {k: m.count(k) for k in self.metrics},  # images each mean is taken over
                 }
                 for m in self.models
             ],
             "images": {
                 m.label: [{"id": im.id, "seconds": round(im.seconds, 4), "cached": im.cached,
-                           **{k: _finite(im.scores.get(k)) for k in self.metrics}} for im in m.images]
+                           **{k: _finite(im.scores.get(k)) for k in self.metrics},
+                           "error": im.error, "not_scored": dict(im.not_scored)} for im in m.images]
                 for m in self.models
             },
+            "failures": [{"model": label, "image": im.id, "error": im.error} for label, im in self.failures],
+            "not_scored": [{"model": label, "image": im.id, "metric": metric, "reason": reason}
+                           for label, im, metric, reason in self.not_scored],
         }
 
 
@@ -189,30 +222,49 @@ def _safe_name(text: str) -> str:
 
 
 class _Scorer:
-    """Scores one restored image: full-reference metrics against the clean image, no-reference ones alone."""
+    """Scores one restored image with the metrics asked for: those needing a reference against the
+    clean image, the others alone; `border` pixels are cropped on every side first."""
 
     def __init__(self, metrics: Sequence[str], border: int):
-        self.full = [m for m in metrics if METRICS[m].needs_reference]
-        self.noref = [m for m in metrics if m in NO_REFERENCE_METRICS]
+        self.metrics = [create_metric(m) for m in metrics]
         self.border = border
-        self._noref_scorer = None
-        if self.noref:
-            from rainkit.metrics.noref import NoReferenceScorer
 
-            self._noref_scorer = NoReferenceScorer(self.noref)
-
-    def __call__(self, restored: np.ndarray, pair: Pair, clean: np.ndarray | None = None) -> dict[str, float]:
+    def __call__(self, restored: np.ndarray, pair: Pair,
+                 clean: np.ndarray | None = None) -> tuple[dict[str, float], dict[str, str]]:
+        """(scores, not_scored): a metric that cannot apply to this image (NIQE on a small one)
+        leaves its value out and says why; an unusable image raises."""
         scores: dict[str, float] = {}
-        if self.full:
+        not_scored: dict[str, str] = {}
+        if any(m.info.needs_reference for m in self.metrics):
             if clean is None:
                 clean = _read_u8(pair.clean)
             if clean.shape != restored.shape:
                 raise RainkitError(f"{pair.rainy.name}: the output is {restored.shape[1]}x{restored.shape[0]} "
                                    f"but {pair.clean.name} is {clean.shape[1]}x{clean.shape[0]}")
-            scores.update(full_reference_scores(restored, clean, self.full, border=self.border))
-        if self.noref:
-            scores.update(self._noref_scorer(crop_border(restored, self.border), name=pair.rainy.name))
-        return scores
+            clean = crop_border(clean, self.border)
+        restored = crop_border(restored, self.border)
+        for metric in self.metrics:
+            reference = clean if metric.info.needs_reference else None
+            try:
+                scores[metric.name] = metric(restored, reference, name=pair.rainy.name)
+            except MetricNotApplicable as exc:
+                not_scored[metric.name] = exc.reason
+        return scores, not_scored
+
+
+# What one image may raise without stopping the run: decoding and I/O problems, a model failing on
+# an odd input (out of memory, ...). Anything else is a bug and is not hidden.
+_IMAGE_ERRORS = (RainkitError, OSError, RuntimeError, MemoryError, ValueError)
+
+
+def _failure(exc: Exception, path: Path) -> str:
+    """One line naming the file and the problem."""
+    if isinstance(exc, InputError):
+        return str(exc)  # names its file already
+    text = str(exc).strip()
+    if isinstance(exc, RainkitError):
+        return f"{path}: {text}"
+    return f"{path}: {type(exc).__name__}: {text.splitlines()[0][:200]}" if text else f"{path}: {type(exc).__name__}"
 
 
 def run_benchmark(
@@ -242,19 +294,16 @@ def run_benchmark(
     (`<folder>/<model>/<id>.png`) and side-by-side grids of the first `grid_images` images.
     """
     started = time.perf_counter()
-    if isinstance(metrics, str) or metrics is None:
-        metric_names = parse_metrics(metrics, dataset.has_reference)
-    else:
-        metric_names = parse_metrics(",".join(metrics), dataset.has_reference)
+    metric_names = parse_metrics(metrics, dataset.has_reference)
     if quantize not in QUANTIZE_MODES:
-        raise RainkitError(f"unknown quantisation '{quantize}' (use {' or '.join(QUANTIZE_MODES)})")
+        raise ParameterError("quantize", f"unknown quantisation '{quantize}' (use {' or '.join(QUANTIZE_MODES)})")
     if crop_border < 0:
-        raise RainkitError(f"--crop-border must be 0 or more, got {crop_border}")
+        raise ParameterError("crop_border", f"must be 0 or more, got {crop_border}")
     if not dataset.pairs:
         raise RainkitError(f"{dataset.name}: no images to benchmark")
     specs = finalize_specs(parse_model(m) if isinstance(m, str) else m for m in models)
     if not specs:
-        raise RainkitError("no model to benchmark (use --model none to score the rainy input)")
+        raise ParameterError("models", "no model to benchmark (use 'none' to score the rainy input)")
     save_dir = Path(save_images) if save_images is not None else None
 
     scorer = _Scorer(metric_names, crop_border)
@@ -318,41 +367,52 @@ def _run_model(spec: ModelSpec, dataset: Dataset, metrics: list[str], scorer: _S
         on_model(spec, total)
 
     pending: deque = deque()
-    done = 0
+    finished = 0
 
     def finish(image: ImageScore) -> None:
-        nonlocal done
-        done += 1
+        nonlocal finished
+        finished += 1
         result.images.append(image)
         if on_image is not None:
-            on_image(ImageEvent(spec.label, done, total, image))
+            on_image(ImageEvent(spec.label, finished, total, image))
 
     def score(pair: Pair, key: str | None, restored: np.ndarray, seconds: float) -> ImageScore:
-        scores = scorer(restored, pair)
-        if out_dir is not None:
-            atomic_write_bytes(out_dir / f"{_safe_name(pair.id)}.png", _encode_png(restored))
+        try:
+            if out_dir is not None:
+                atomic_write_bytes(out_dir / f"{_safe_name(pair.id)}.png", _encode_png(restored))
+            scores, not_scored = scorer(restored, pair)
+        except _IMAGE_ERRORS as exc:
+            return ImageScore(pair.id, {}, seconds, error=_failure(exc, pair.rainy))
         if cache is not None:
-            cache.put(key, spec.label, pair.id, scores, seconds)
-        return ImageScore(pair.id, scores, seconds)
+            cache.put(key, spec.label, pair.id, scores, seconds, not_scored)
+        return ImageScore(pair.id, scores, seconds, not_scored=not_scored)
+
+    def done(image: ImageScore) -> None:
+        if pending:  # keep dataset order behind images still being scored
+            pending.append(_Done(image))
+        else:
+            finish(image)
 
     for pair in dataset.pairs:
         key = cache_key(key_settings, dataset.pair_digest(pair)) if cache is not None else None
         entry = cache.get(key, metrics) if cache is not None else None
         if entry is not None and (out_dir is None or (out_dir / f"{_safe_name(pair.id)}.png").is_file()):
-            image = ImageScore(pair.id, {m: entry["scores"][m] for m in metrics}, float(entry["seconds"]), True)
-            if pending:  # keep dataset order behind images still being scored
-                pending.append(_Done(image))
-            else:
-                finish(image)
+            done(ImageScore(pair.id, {m: entry["scores"][m] for m in metrics if m in entry["scores"]},
+                            float(entry["seconds"]), True,
+                            not_scored={m: entry["not_scored"][m] for m in metrics if m in entry["not_scored"]}))
             continue
-        rgb = read_image(pair.rainy).rgb
-        if derainer is None:
-            restored, seconds = to_uint8(rgb, "round"), 0.0
-        else:
-            t0 = time.perf_counter()
-            output = derainer.derain(rgb)
-            seconds = time.perf_counter() - t0
-            restored = to_uint8(output, quantize)
+        try:
+            rgb = read_image(pair.rainy).rgb
+            if derainer is None:
+                restored, seconds = to_uint8(rgb, "round"), 0.0
+            else:
+                t0 = time.perf_counter()
+                output = derainer.derain(rgb)
+                seconds = time.perf_counter() - t0
+                restored = to_uint8(output, quantize)
+        except _IMAGE_ERRORS as exc:
+            done(ImageScore(pair.id, {}, 0.0, error=_failure(exc, pair.rainy)))
+            continue
         if executor is None:
             finish(score(pair, key, restored, seconds))
             continue
@@ -396,7 +456,10 @@ def write_grids(result: BenchmarkResult, save_dir: Path, count: int = 4) -> list
     written: list[Path] = []
     models = [m for m in result.models if not m.spec.is_input]
     for pair in result.dataset.pairs[:count]:
-        rainy = _read_u8(pair.rainy)
+        try:
+            rainy = _read_u8(pair.rainy)
+        except InputError:
+            continue  # listed among the failures already
         columns = [("rainy", rainy)]
         for m in models:
             path = save_dir / _safe_name(m.label) / f"{_safe_name(pair.id)}.png"
@@ -405,7 +468,10 @@ def write_grids(result: BenchmarkResult, save_dir: Path, count: int = 4) -> list
             label = m.label + (f" {score['psnr_y']:.2f} dB" if "psnr_y" in score else "")
             columns.append((label, image))
         if pair.clean is not None:
-            columns.append(("clean", _read_u8(pair.clean)))
+            try:
+                columns.append(("clean", _read_u8(pair.clean)))
+            except InputError:
+                pass  # listed among the failures already
         gap = np.full((rainy.shape[0] + 28, 4, 3), 255, np.uint8)
         tiles = []
         for i, (label, image) in enumerate(columns):

@@ -38,11 +38,14 @@ OPTION_NAMES: dict[str, dict[str, str]] = {
     "derain": {"inputs": "INPUTS", "frames_dir": "--frames"},
     "generate": {"output": "PATHS (the output folder comes last)", "inputs": "PATHS", "frames_dir": "--frames"},
     "segment": {"inputs": "INPUTS"},
+    "benchmark": {"models": "--model"},
 }
 
 
 def option_name(command: str | None, parameter: str) -> str:
-    """The command-line name of a library parameter, for messages."""
+    """The command-line name of a library parameter, for messages (a name already given as an option stays)."""
+    if parameter.startswith("-"):
+        return parameter
     return OPTION_NAMES.get(command or "", {}).get(parameter, "--" + parameter.replace("_", "-"))
 
 

@@ -45,7 +45,15 @@ def benchmark_command(
     plot: Optional[str] = typer.Option(None, "--plot", help="Write a bar chart (PNG) of the means here."),
     resume: bool = typer.Option(False, "--resume", help="Reuse finished images from the cache beside --json (or --csv) instead of recomputing them."),
 ) -> int:
-    """Score deraining models on standard test sets (PSNR/SSIM in the literature's convention, NIQE, BRISQUE)."""
+    """Score deraining models on standard test sets (PSNR/SSIM in the literature's convention, NIQE, BRISQUE).
+
+    Exits with 1 when any image could not be scored (each is listed at the end and in --json/--csv)."""
+    return _benchmark(ctx, dataset, pairs, images, data_root, model, weights, metrics, quantize, crop_border,
+                      device, precision, tile, limit, json_out, csv_out, save_images, grid, plot, resume)
+
+
+def _benchmark(ctx, dataset, pairs, images, data_root, model, weights, metrics, quantize, crop_border, device,
+               precision, tile, limit, json_out, csv_out, save_images, grid, plot, resume) -> int:
     import time
 
     from rich.markup import escape
@@ -96,8 +104,8 @@ def benchmark_command(
         tasks[spec.label] = progress.add_task(spec.label, total=total, current="")
 
     def on_image(event) -> None:
-        progress.update(tasks[event.model], completed=event.index,
-                        current=event.image.id + (" (cached)" if event.image.cached else ""))
+        state = " (failed)" if event.image.error else " (cached)" if event.image.cached else ""
+        progress.update(tasks[event.model], completed=event.index, current=event.image.id + state)
 
     started = time.perf_counter()
     with progress:
@@ -123,6 +131,32 @@ def benchmark_command(
     if limit is not None:
         console.print(f"[yellow]note:[/yellow] --limit {limit}: a subset, not comparable to published figures",
                       highlight=False)
+    return _report_problems(result)
+
+
+def _report_problems(result) -> int:
+    """One line per image a metric does not apply to and per image that failed; 1 if any failed."""
+    from rich.markup import escape
+
+    def models_note(labels: list[str]) -> str:
+        return "" if len(labels) == len(result.models) else f" ({', '.join(labels)})"
+
+    rainy = {pair.id: pair.rainy for pair in result.dataset.pairs}
+    notes: dict[str, list[str]] = {}
+    for label, image, metric, reason in result.not_scored:
+        notes.setdefault(f"{rainy[image.id]}: {metric} not scored: {reason}", []).append(label)
+    for text, labels in notes.items():
+        console.print(f"[yellow]note:[/yellow] {escape(text + models_note(labels))}", highlight=False, soft_wrap=True)
+    failures: dict[str, list[str]] = {}
+    for label, image in result.failures:
+        failures.setdefault(image.error, []).append(label)
+    for text, labels in failures.items():
+        console.print(f"[red]failed:[/red] {escape(text + models_note(labels))}", highlight=False, soft_wrap=True)
+    if failures:
+        images = len({image.id for _, image in result.failures})
+        console.print(f"[red]{images} of {len(result.dataset)} images could not be scored[/red]; "
+                      f"the means are over the others", highlight=False)
+        return 1
     return 0
 
 
@@ -138,6 +172,12 @@ def _cell(model_result, metric: str) -> str:
     if math.isinf(mean):
         return "inf"
     return f"{mean:.{info.decimals}f}"
+
+
+def _count_cell(model_result, metric: str) -> str:
+    """Says how many images a mean is over when that is not every image."""
+    count = model_result.count(metric)
+    return f"\n[dim]over {count}/{len(model_result.images)}[/dim]" if count < len(model_result.images) else ""
 
 
 def _std_cell(model_result, metric: str) -> str:
@@ -181,7 +221,7 @@ def _render(result) -> None:
     def cell(m, metric: str) -> str:
         text = _cell(m, metric)
         text = f"[bold green]{text}[/]" if best.get(metric) == m.label else text
-        return text + _std_cell(m, metric)
+        return text + _std_cell(m, metric) + _count_cell(m, metric)
 
     def seconds(m) -> str:
         return f"{m.seconds_per_image:.2f}" if m.seconds_per_image is not None else "-"
@@ -219,12 +259,14 @@ def _caption(result) -> str:
     from rainkit.metrics import METRICS
 
     settings = result.settings
-    parts = ["mean ± std over images; ↑ higher is better, ↓ lower is better; s/img: inference seconds per image"]
+    parts = [("mean ± std over the images with a value (\"over n/N\" where some have none); ↑ higher is better, "
+              "↓ lower is better; s/img: inference seconds per image")]
     if any(METRICS[m].needs_reference for m in result.metrics):
         parts.append(f"_y: Y of MATLAB rgb2ycbcr (BT.601, 16-235), _rgb: 8-bit RGB; peak 255; SSIM 11x11 Gaussian "
                      f"(sigma 1.5), valid borders; outputs quantised by {settings['quantize']}; "
                      f"crop border {settings['crop_border']}")
     if any(not METRICS[m].needs_reference for m in result.metrics):
-        parts.append("NIQE/BRISQUE: pyiqa with the LIVE parameters, lower is better")
+        parts.append("NIQE/BRISQUE: pyiqa's implementations with the LIVE models shipped with rainkit, "
+                     "lower is better")
     parts.append(f"dataset fingerprint {result.dataset.fingerprint[:16]}")
     return "\n".join(parts)

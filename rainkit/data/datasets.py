@@ -143,7 +143,7 @@ class Dataset:
     @cached_property
     def digests(self) -> dict[Path, str]:
         """sha256 of every file used."""
-        return {path: _sha256_file(path) for path in self.files()}
+        return {path: _file_digest(path) for path in self.files()}
 
     @cached_property
     def fingerprint(self) -> str:
@@ -178,6 +178,15 @@ def _sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: handle.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    # A file that cannot be read still gets a digest, so the set's fingerprint and the other
+    # pairs' cache keys stand; the benchmark reports the file when it comes to score it.
+    try:
+        return _sha256_file(path)
+    except OSError as exc:
+        return hashlib.sha256(f"unreadable {path.name}: {exc.strerror or exc}".encode()).hexdigest()
 
 
 def _natural_key(text: str) -> list:
@@ -341,25 +350,41 @@ def image_size(path: Path) -> tuple[int, int]:
     return width, height
 
 
-def _size_counts(pairs: list[Pair], sizes: dict[Path, tuple[int, int]] | None = None) -> dict[str, int]:
+UNREADABLE = "unreadable"  # the `sizes` entry counting rainy files whose header cannot be read
+
+
+def _header_sizes(paths: Iterable[Path]) -> dict[Path, tuple[int, int] | None]:
+    """(width, height) per file; None for a file that cannot be read, which is left for the
+    benchmark to report with the others rather than stopping the whole set here."""
+    sizes: dict[Path, tuple[int, int] | None] = {}
+    for path in paths:
+        try:
+            sizes[path] = image_size(path)
+        except DatasetError:
+            sizes[path] = None
+    return sizes
+
+
+def _size_counts(pairs: list[Pair], sizes: dict[Path, tuple[int, int] | None] | None = None) -> dict[str, int]:
+    sizes = sizes if sizes is not None else _header_sizes(p.rainy for p in pairs)
     counts: Counter = Counter()
     for pair in pairs:
-        width, height = sizes[pair.rainy] if sizes else image_size(pair.rainy)
-        counts[f"{width}x{height}"] += 1
+        size = sizes[pair.rainy]
+        counts[_fmt(size) if size is not None else UNREADABLE] += 1
     return dict(sorted(counts.items()))
 
 
 def check_sizes(pairs: list[Pair], spec: DatasetSpec | None, what: str) -> dict[str, int]:
-    """Refuse pairs whose two images differ in size (and sizes a registered set never has)."""
-    sizes: dict[Path, tuple[int, int]] = {}
-    for path in {p.rainy for p in pairs} | {p.clean for p in pairs if p.clean is not None}:
-        sizes[path] = image_size(path)
+    """Refuse pairs whose two images differ in size (and sizes a registered set never has);
+    files that cannot be read are counted, not refused."""
+    sizes = _header_sizes({p.rainy for p in pairs} | {p.clean for p in pairs if p.clean is not None})
+    readable = [p for p in pairs if sizes[p.rainy] is not None and (p.clean is None or sizes[p.clean] is not None)]
     mismatched = [f"{p.rainy.name} is {_fmt(sizes[p.rainy])} but {p.clean.name} is {_fmt(sizes[p.clean])}"
-                  for p in pairs if p.clean is not None and sizes[p.rainy] != sizes[p.clean]]
+                  for p in readable if p.clean is not None and sizes[p.rainy] != sizes[p.clean]]
     if mismatched:
         raise DatasetError(f"{what}: image sizes differ within pairs: {_listing(mismatched, 5)}")
     if spec is not None and spec.sizes:
-        odd = [f"{p.rainy.name} ({_fmt(sizes[p.rainy])})" for p in pairs if not spec.accepts_size(sizes[p.rainy])]
+        odd = [f"{p.rainy.name} ({_fmt(sizes[p.rainy])})" for p in readable if not spec.accepts_size(sizes[p.rainy])]
         if odd:
             accepted = ", ".join(_fmt(s) for s in spec.sizes)
             raise DatasetError(f"{what}: {spec.name} images are {accepted}, not so for {_listing(odd, 5)}")

@@ -17,8 +17,6 @@ from typing import Iterable
 import cv2
 import numpy as np
 
-FULL_REFERENCE_METRICS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")
-
 PEAK = 255.0
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
@@ -101,29 +99,22 @@ def ssim(a: np.ndarray, b: np.ndarray, peak: float = PEAK) -> float:
                           for c in range(a.shape[2])]))
 
 
-def full_reference_scores(restored: np.ndarray, clean: np.ndarray, metrics: Iterable[str] = FULL_REFERENCE_METRICS,
+def full_reference_scores(restored: np.ndarray, clean: np.ndarray,
+                          metrics: Iterable[str] = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb"),
                           border: int = 0) -> dict[str, float]:
-    """Score an 8-bit RGB restoration against its 8-bit RGB reference.
+    """Score an 8-bit RGB restoration against its 8-bit RGB reference with full-reference metrics
+    of the metric table (`rainkit.metrics.create_metric`).
 
     Both are H x W x 3 uint8 (quantise model outputs first, see `rainkit.data.images.to_uint8`);
     `border` pixels are cropped on every side before scoring.
     """
+    from rainkit.metrics.table import METRICS, create_metric
+
     metrics = list(metrics)
-    unknown = [m for m in metrics if m not in FULL_REFERENCE_METRICS]
+    unknown = [m for m in metrics if m not in METRICS or not METRICS[m].needs_reference]
     if unknown:
         raise ValueError(f"unknown full-reference metric(s) {', '.join(unknown)}")
     _check_pair(restored, clean)
     restored = crop_border(restored, border)
     clean = crop_border(clean, border)
-    scores: dict[str, float] = {}
-    if "psnr_y" in metrics or "ssim_y" in metrics:
-        y_restored, y_clean = rgb_to_y(restored), rgb_to_y(clean)
-        if "psnr_y" in metrics:
-            scores["psnr_y"] = psnr(y_restored, y_clean)
-        if "ssim_y" in metrics:
-            scores["ssim_y"] = ssim(y_restored, y_clean)
-    if "psnr_rgb" in metrics:
-        scores["psnr_rgb"] = psnr(restored, clean)
-    if "ssim_rgb" in metrics:
-        scores["ssim_rgb"] = ssim(restored, clean)
-    return {m: scores[m] for m in metrics}
+    return {m: create_metric(m)(restored, clean) for m in metrics}
