@@ -197,7 +197,7 @@ def train_tpsence_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from rainkit.errors import RainkitError
-    from rainkit.tpsence.config import TPSeNCEConfig, load_tpsence_config
+    from rainkit.train.tpsence_config import TPSeNCEConfig, load_tpsence_config
 
     if domain not in TPSENCE_DOMAINS:
         raise typer.BadParameter(f"unknown domain '{domain}' ({', '.join(TPSENCE_DOMAINS)})", param_hint="--domain")
@@ -243,7 +243,7 @@ def train_tpsence_command(
 
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    from rainkit.tpsence.data import load_image_folder, prepare_unpaired_data
+    from rainkit.train.unpaired_data import load_image_folder, prepare_unpaired_data
 
     description: dict
     if data_args["segmenter"]:
@@ -317,7 +317,7 @@ def train_tpsence_command(
         progress.console.print(f"epoch {record['epoch']}/{config.epochs} (step {record['step']}, lr {record['lr']:.2e}): "
                                f"{text}  ({record['seconds']:.0f} s)", highlight=False, soft_wrap=True)
 
-    from rainkit.tpsence.train import train_tpsence
+    from rainkit.train.tpsence import train_tpsence
 
     try:
         with progress:

@@ -49,7 +49,9 @@ class TrainConfig:
     gamma: float = 0.2
     seed: int = 0
     max_steps: int = 0  # stop (with a checkpoint) after this many optimiser steps in total; 0 = no limit
+    max_minutes: float = 0.0  # stop (with a checkpoint) once this run has trained this long; 0 = no limit
     log_every: int = 10
+    plot_curves: bool = True  # write curves.png at every epoch end (matplotlib)
     # Processes that cut and rain the patches ahead of the model; -1: a few on CUDA (the GPU waits for
     # data otherwise), none on the CPU (the cores are busy with the model). Batches are the same either way.
     workers: int = -1
