@@ -324,8 +324,9 @@ def test_folders_are_segmented_once_with_a_label_cache(tmp_path):
 
     first = prepare_unpaired_data(tmp_path / "clear", tmp_path / "rainy", CountingSegmenter(), tmp_path / "labels")
     again = prepare_unpaired_data(tmp_path / "clear", tmp_path / "rainy", CountingSegmenter(), tmp_path / "labels")
-    assert CountingSegmenter.calls == 4 and first[4]["clear_images"] == 2
-    assert all(np.array_equal(a, b) for a, b in zip(first[2] + first[3], again[2] + again[3]))
+    assert CountingSegmenter.calls == 4 and first.description["clear_images"] == 2
+    assert all(np.array_equal(a, b) for a, b in zip(first.clear_labels + first.target_labels,
+                                                    again.clear_labels + again.target_labels))
 
 
 def test_fp16_export_loads_into_fp32(tmp_path):

@@ -33,12 +33,11 @@ import torch.distributed as dist
 from rainkit._version import __version__
 from rainkit.errors import RainkitError, UnsafeCheckpointError
 from rainkit.io.atomic import atomic_save_figure, atomic_torch_save, atomic_write_json
+from rainkit.train.config import CHECKPOINT, DATA_FILE, RUN_CONFIG
 from rainkit.train.data import epoch_order
 from rainkit.train.distributed import leaves_process_group_as_found, setup_processes
 from rainkit.train.runfiles import git_commit
 
-CHECKPOINT = "last.pt"
-RUN_CONFIG = "config.json"  # the run's full settings, read back by a resume
 LOG = "train.log"
 CURVES = "curves.png"
 POSITION_KEYS = ("epoch", "batch", "global_step", "history", "config")
@@ -316,7 +315,7 @@ class Trainer:
         if self.rank == 0:
             atomic_write_json(self.out / RUN_CONFIG, c.to_dict())
             if self.run_data is not None:
-                atomic_write_json(self.out / "data.json", self.run_data)
+                atomic_write_json(self.out / DATA_FILE, self.run_data)
         per_rank = c.batch // self.world
         rank_slice = slice(self.rank * per_rank, (self.rank + 1) * per_rank)
         per_epoch = self.batches_per_epoch()

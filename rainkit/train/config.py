@@ -8,9 +8,13 @@ import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rainkit.errors import RainkitError
+
+CHECKPOINT = "last.pt"  # a run's checkpoint in its folder
+RUN_CONFIG = "config.json"  # a run's full settings in its folder, read back by a resume
+DATA_FILE = "data.json"  # a run's data arguments where they are not settings (TPSeNCE's folders)
 
 
 @dataclass
@@ -168,3 +172,18 @@ def build_config(config: Any, path: str | Path | None = None, overrides: list[st
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, **direct: Any) -> TrainConfig:
     """SAPNet training settings: defaults, then the file (JSON or TOML), then keyword values, then overrides."""
     return build_config(TrainConfig(), path, overrides, **direct)
+
+
+def load_run_config(load: Callable[..., Any], run_dir: str | Path, path: str | Path | None = None,
+                    overrides: list[str] | None = None, **direct: Any) -> Any:
+    """The settings of a run to resume in folder `run_dir`: its own (`config.json`) unless a file is given,
+    then keyword values and overrides, as `load(path, overrides, **direct)` (`load_config`,
+    `load_tpsence_config`) builds them. A folder without a checkpoint is refused before any data is read."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CHECKPOINT).is_file():
+        raise RainkitError(f"{run_dir / CHECKPOINT}: no checkpoint to resume from (is `out` the run folder?)")
+    if path is None and (run_dir / RUN_CONFIG).is_file():
+        path = run_dir / RUN_CONFIG
+    config = load(path, overrides, **direct)
+    config.out = str(run_dir)
+    return config
