@@ -114,7 +114,7 @@ SEGMENTERS = ("espnet",)
 # How the library's errors name parameters (`name`), said as this command's flags.
 FLAGS = {"seg_clear": "--seg-clear", "seg_target": "--seg-target", "segmenter=espnet": "--segmenter espnet",
          "sence=false": "--set sence=false", "segmenter": "--segmenter", "clear": "--clear", "target": "--target",
-         "out": "--out", "patch": "--set patch=N"}
+         "out": "--out", "patch": "--set patch=N", "resume": "--resume"}
 
 
 @contextlib.contextmanager

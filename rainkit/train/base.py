@@ -95,7 +95,7 @@ class StopRequest:
 
 def read_training_checkpoint(path: Path, required: Iterable[str]) -> dict[str, Any]:
     """A trainer's `last.pt`, or one line saying why it cannot be resumed from."""
-    hint = "start the run again without resume, or into a fresh folder"
+    hint = "start the run again without `resume`, or in a fresh folder"
     if not path.is_file():
         raise RainkitError(f"{path}: no checkpoint to resume from (is the run folder right?)")
     if path.stat().st_size == 0:
@@ -290,8 +290,6 @@ class Trainer:
             # The position within the epoch is kept in samples; the batches that follow differ from the old run's.
             batch = batch * old_batch // self.config.batch
             changed.append(f"the run continues at batch {batch} of epoch {self.epoch + 1} (same samples done)")
-        if self.epoch >= self.config.epochs:
-            changed.append(f"the run has finished its {self.config.epochs} epochs: nothing left to train")
         if on_resume and self.rank == 0:
             on_resume(changed)
         return batch, changed

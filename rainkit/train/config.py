@@ -184,6 +184,10 @@ def load_run_config(load: Callable[..., Any], run_dir: str | Path, path: str | P
         raise RainkitError(f"{run_dir / CHECKPOINT}: no checkpoint to resume from (is `out` the run folder?)")
     if path is None and (run_dir / RUN_CONFIG).is_file():
         path = run_dir / RUN_CONFIG
+        try:
+            load(path)
+        except RainkitError as exc:
+            raise RainkitError(f"{path}: not the settings of a run of this trainer ({exc})") from None
     config = load(path, overrides, **direct)
     config.out = str(run_dir)
     return config
