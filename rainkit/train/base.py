@@ -17,6 +17,7 @@ its checkpoint holds). The base runs the rest, as BasicSR's `BaseModel` does:
 
 from __future__ import annotations
 
+import abc
 import json
 import pickle
 import signal
@@ -154,10 +155,16 @@ def _show(value: Any) -> str:
     return ",".join(str(v) for v in value) if isinstance(value, list) else str(value)
 
 
-class Trainer:
-    """The training loop, checkpoints, log, curves, stopping and DDP; subclasses give the model."""
+class Trainer(abc.ABC):
+    """The training loop, checkpoints, log, curves, stopping and DDP; subclasses give the model.
+
+    The config must have `out`, `device`, `seed`, `batch`, `epochs`, `max_steps`, `max_minutes`,
+    `log_every`, `plot_curves` and `to_dict()` (`TrainConfig` and `TPSeNCEConfig` do)."""
 
     value_prefix = ""  # prefix of the loss names in log and epoch records ("loss_" for SAPNet)
+    state_keys: tuple[str, ...] = ()  # the keys `state` adds to the checkpoint, required on resume
+    model: torch.nn.Module  # set by `build`; what `TrainResult.model` returns
+    optimizers: list[torch.optim.Optimizer]  # set by `build`; the base sets their learning rate every epoch
 
     def __init__(self, config, dataset, *, data_description: dict | None = None, run_data: dict | None = None):
         self.config = config
@@ -172,38 +179,37 @@ class Trainer:
         self.global_step = 0
 
     # ------------------------------------------------------------------ what a trainer gives
-    model: torch.nn.Module
-    optimizers: list[torch.optim.Optimizer]
-
+    @abc.abstractmethod
     def build(self) -> None:
         """Networks (`self.model`), optimisers (`self.optimizers`) and loss terms on `self.device`."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def distribute(self) -> None:
         """Make the ranks start from rank 0's weights and average their gradients (after a resume)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def state(self) -> dict[str, Any]:
         """The networks' and optimisers' states (and anything else the trainer resumes from)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def load_state(self, state: dict[str, Any], source: Path) -> None:
-        raise NotImplementedError
+        """Restore `state` from the checkpoint `source`; a mismatch is a one-line error naming it."""
 
-    state_keys: tuple[str, ...] = ()
-
+    @abc.abstractmethod
     def lr_at(self, epoch: int) -> float:
-        raise NotImplementedError
+        """The learning rate of every optimiser during `epoch`."""
 
+    @abc.abstractmethod
     def batches_per_epoch(self) -> int:
-        raise NotImplementedError
+        """Optimiser steps in one epoch."""
 
+    @abc.abstractmethod
     def epoch_batches(self, epoch: int, order, first: int, count: int, rank_slice: slice) -> Iterable:
-        raise NotImplementedError
+        """This rank's batches `first` .. `count` - 1 of `epoch`, whose sample order is `order`."""
 
+    @abc.abstractmethod
     def train_step(self, batch, epoch: int) -> dict[str, float]:
         """One optimiser step; returns the step's loss terms (and diagnostics) as floats."""
-        raise NotImplementedError
 
     def after_step(self, batch) -> None:
         """Rank 0, after every step (e.g. sample grids)."""
@@ -212,9 +218,11 @@ class Trainer:
         """Rank 0, after every epoch (`record` is the last of `history`): validate into it, export."""
 
     def export(self) -> None:
-        """Rank 0, when a budget ends the run between epochs: export what was trained so far."""
+        """Rank 0, when a budget ends the run within an epoch, or a resume finds it finished and nothing
+        exported: export what was trained so far."""
 
     def curve_panels(self) -> list[Panel]:
+        """The plots of `curves.png`."""
         return []
 
     # ------------------------------------------------------------------ shared pieces
@@ -237,7 +245,7 @@ class Trainer:
         })
 
     def plot_curves(self) -> None:
-        if self.rank != 0 or not getattr(self.config, "plot_curves", True):
+        if self.rank != 0 or not self.config.plot_curves:
             return
         panels = [p for p in self.curve_panels() if p.x and p.lines]
         if not panels:
@@ -259,9 +267,8 @@ class Trainer:
     def _stop_reason(self, stop: StopRequest, started: float) -> str | None:
         """Why the run stops after this step, the same on every rank: "signal", a budget, or None."""
         c = self.config
-        max_minutes = float(getattr(c, "max_minutes", 0) or 0)
         flags = [1.0 if stop.requested else 0.0,
-                 1.0 if max_minutes and time.monotonic() - started >= 60.0 * max_minutes else 0.0]
+                 1.0 if c.max_minutes and time.monotonic() - started >= 60.0 * c.max_minutes else 0.0]
         if self.world > 1:
             tensor = torch.tensor(flags, device=self.device)
             dist.all_reduce(tensor)

@@ -115,6 +115,9 @@ def validate(model: torch.nn.Module, pairs: list[tuple[np.ndarray, np.ndarray]],
 
 
 class SAPNetTrainer(Trainer):
+    """SAPNet (or PReNet) on `PatchDataset` batches, with the paper's weighted loss terms; exports the
+    epoch of the best validation PSNR."""
+
     value_prefix = "loss_"
     state_keys = ("model", "optimizer", "best")
 

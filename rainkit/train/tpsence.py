@@ -70,6 +70,8 @@ def _write_sample(path: Path, x: torch.Tensor, fake: torch.Tensor, y: torch.Tens
 
 
 class TPSeNCETrainer(Trainer):
+    """TPSeNCE's G, D and MLP head on `UnpairedDataset` batches; exports the generator every epoch."""
+
     state_keys = NETWORKS + OPTIMIZERS
 
     def build(self) -> None:
