@@ -231,7 +231,7 @@ def test_max_minutes_checkpoints_and_exports(tmp_path):
     assert result.exported == tmp_path / "sap" / "best.safetensors" and result.exported.is_file()
 
 
-def test_a_resume_keeps_the_run_settings_and_a_fresh_run_writes_them(clean_folder, tmp_path):
+def test_a_run_writes_its_settings_for_a_resume(tmp_path):
     run = tmp_path / "run"
     config = load_config(overrides=TINY + [f"out={run}", "max_steps=1", "epochs=1"])
     train_sapnet(config, _dataset(config), [])
