@@ -197,7 +197,7 @@ def test_sapnet_sigterm_stops_at_the_end_of_the_step_and_resumes_exactly(tmp_pat
 def test_sigterm_through_the_command_line_exits_130_with_how_to_continue(clean_folder, tmp_path, capsys, monkeypatch):
     from rainkit.train import base
 
-    real_step = base.Trainer.run
+    real_run = base.Trainer.run
 
     def run_then_terminate(self, **kwargs):
         step = kwargs["on_step"]
@@ -206,7 +206,7 @@ def test_sigterm_through_the_command_line_exits_130_with_how_to_continue(clean_f
             step(*args)
             os.kill(os.getpid(), signal.SIGTERM)
 
-        return real_step(self, **{**kwargs, "on_step": on_step})
+        return real_run(self, **{**kwargs, "on_step": on_step})
 
     monkeypatch.setattr(base.Trainer, "run", run_then_terminate)
     run = tmp_path / "run"
