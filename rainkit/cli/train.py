@@ -79,7 +79,7 @@ def train_sapnet_command(
         progress.console.print(f"epoch {record['epoch']}/{config.epochs}: {losses}{scores}  ({record['seconds']:.0f} s)",
                                highlight=False)
 
-    with _checkpoint_hint(Path(config.out), "sapnet", rank), progress:
+    with flag_names(), _checkpoint_hint(Path(config.out), "sapnet", rank), progress:
         result = train_sapnet(config, prepared.train, prepared.val_pairs, resume=resume, arch=arch, on_step=on_step,
                               on_epoch=on_epoch, on_resume=_report_resume(rank), data_description=prepared.description)
     if rank == 0:
@@ -110,7 +110,6 @@ def _ending(result) -> str:
 
 
 TPSENCE_DOMAINS = ("rain", "snow", "night")
-SEGMENTERS = ("espnet",)
 # How the library's errors name parameters (`name`), said as this command's flags.
 FLAGS = {"seg_clear": "--seg-clear", "seg_target": "--seg-target", "segmenter=espnet": "--segmenter espnet",
          "sence=false": "--set sence=false", "segmenter": "--segmenter", "clear": "--clear", "target": "--target",
@@ -206,7 +205,7 @@ def train_tpsence_command(
     from rainkit.train.config import load_run_config
     from rainkit.train.tpsence import train_tpsence
     from rainkit.train.tpsence_config import TPSeNCEConfig, load_tpsence_config
-    from rainkit.train.unpaired_data import UnpairedSources, prepare_unpaired_run, resume_unpaired_sources
+    from rainkit.train.unpaired_data import SEGMENTERS, UnpairedSources, prepare_unpaired_run, resume_unpaired_sources
 
     if domain not in TPSENCE_DOMAINS:
         raise typer.BadParameter(f"unknown domain '{domain}' ({', '.join(TPSENCE_DOMAINS)})", param_hint="--domain")
@@ -270,7 +269,7 @@ def train_tpsence_command(
         progress.console.print(f"epoch {record['epoch']}/{config.epochs} (step {record['step']}, lr {record['lr']:.2e}): "
                                f"{text}  ({record['seconds']:.0f} s)", highlight=False, soft_wrap=True)
 
-    with _checkpoint_hint(run_dir, "tpsence", rank), progress:
+    with flag_names(), _checkpoint_hint(run_dir, "tpsence", rank), progress:
         result = train_tpsence(config, data.clear, data.target, data.clear_labels, data.target_labels, resume=resume,
                                on_step=on_step, on_epoch=on_epoch, on_resume=_report_resume(rank),
                                data_description=data.description, run_data=sources.to_run_data())
