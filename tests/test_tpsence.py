@@ -12,8 +12,8 @@ import torch
 
 from rainkit.losses.tpsence import mean_pixel_agreement, sence_loss, sence_weights, sinkhorn, tps_loss
 from rainkit.models.tpsence import ResnetGenerator, init_weights, l2_normalize
-from rainkit.tpsence.config import TINY_OVERRIDES, load_tpsence_config
-from rainkit.tpsence.objective import TPSeNCE
+from rainkit.train.tpsence_config import TINY_OVERRIDES, load_tpsence_config
+from rainkit.train.tpsence_objective import TPSeNCE
 from tests.conftest import rainy_like, run_two_ranks, state_digest
 
 
@@ -218,14 +218,14 @@ def test_config_defaults_are_the_papers_and_overrides_are_typed(tmp_path):
 
 
 def test_learning_rate_is_constant_then_linear_decay():
-    from rainkit.tpsence.train import lr_at
+    from rainkit.train.tpsence import lr_at
 
     c = _tiny("n_epochs=2", "n_epochs_decay=3", "lr=1")
     assert [round(lr_at(c, e), 4) for e in range(5)] == [1.0, 1.0, 0.75, 0.5, 0.25]
 
 
 def test_resume_is_exact_and_sigterm_checkpoints(tmp_path):
-    from rainkit.tpsence.train import train_tpsence
+    from rainkit.train.tpsence import train_tpsence
 
     straight = train_tpsence(_tiny(f"out={tmp_path / 'a'}", *TRAIN), *_data())
     assert straight.global_step == 4 and straight.epoch == 2
@@ -255,7 +255,7 @@ def test_resume_is_exact_and_sigterm_checkpoints(tmp_path):
 def test_outputs_samples_curves_and_exported_generator(tmp_path):
     from rainkit.hub.weights import sha256_file
     from rainkit.tpsence import load_generator
-    from rainkit.tpsence.train import train_tpsence
+    from rainkit.train.tpsence import train_tpsence
 
     result = train_tpsence(_tiny(f"out={tmp_path}", "sample_every=2", "log_every=1", *TRAIN, "plot_curves=true"),
                            *_data())
@@ -280,7 +280,7 @@ def test_outputs_samples_curves_and_exported_generator(tmp_path):
 
 def test_sence_needs_label_maps(tmp_path):
     from rainkit.errors import RainkitError
-    from rainkit.tpsence.train import train_tpsence
+    from rainkit.train.tpsence import train_tpsence
 
     clear, rainy, _, _ = _data()
     with pytest.raises(RainkitError, match="label maps"):
@@ -290,7 +290,7 @@ def test_sence_needs_label_maps(tmp_path):
 
 
 def test_samples_are_reproducible_and_label_maps_follow_their_crops():
-    from rainkit.tpsence.data import UnpairedDataset
+    from rainkit.train.unpaired_data import UnpairedDataset
 
     clear, rainy, clear_labels, rainy_labels = _data()
     ones = [np.ones(image.shape[:2], np.uint8) for image in rainy]
@@ -308,7 +308,7 @@ def test_samples_are_reproducible_and_label_maps_follow_their_crops():
 def test_folders_are_segmented_once_with_a_label_cache(tmp_path):
     import cv2
 
-    from rainkit.tpsence.data import prepare_unpaired_data
+    from rainkit.train.unpaired_data import prepare_unpaired_data
 
     for what, offset in (("clear", 0), ("rainy", 10)):
         (tmp_path / what).mkdir()
@@ -324,14 +324,15 @@ def test_folders_are_segmented_once_with_a_label_cache(tmp_path):
 
     first = prepare_unpaired_data(tmp_path / "clear", tmp_path / "rainy", CountingSegmenter(), tmp_path / "labels")
     again = prepare_unpaired_data(tmp_path / "clear", tmp_path / "rainy", CountingSegmenter(), tmp_path / "labels")
-    assert CountingSegmenter.calls == 4 and first[4]["clear_images"] == 2
-    assert all(np.array_equal(a, b) for a, b in zip(first[2] + first[3], again[2] + again[3]))
+    assert CountingSegmenter.calls == 4 and first.description["clear_images"] == 2
+    assert all(np.array_equal(a, b) for a, b in zip(first.clear_labels + first.target_labels,
+                                                    again.clear_labels + again.target_labels))
 
 
 def test_fp16_export_loads_into_fp32(tmp_path):
     from rainkit.hub.checkpoint import read_metadata
     from rainkit.tpsence import load_generator
-    from rainkit.tpsence.train import train_tpsence
+    from rainkit.train.tpsence import train_tpsence
 
     result = train_tpsence(_tiny(f"out={tmp_path}", "export_fp16=true", "max_steps=1", *TRAIN), *_data())
     assert read_metadata(tmp_path / "generator.safetensors")["rainkit.dtype"] == "fp16"
@@ -346,7 +347,7 @@ def test_fp16_export_loads_into_fp32(tmp_path):
 
 DDP_SCRIPT = """
 import sys
-from rainkit.tpsence.train import train_tpsence
+from rainkit.train.tpsence import train_tpsence
 from tests.conftest import state_digest
 from tests.test_tpsence import TRAIN, _data, _tiny
 result = train_tpsence(_tiny("out=" + sys.argv[1], "max_steps=3", *TRAIN), *_data())

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rainkit.cli import main
-from rainkit.tpsence.config import TINY_OVERRIDES
+from rainkit.train.tpsence_config import TINY_OVERRIDES
 from tests.conftest import rainy_like, shared_file
 
 # batch 2, 2 samples an epoch: 1 step per epoch, 2 epochs (1 constant + 1 decay)

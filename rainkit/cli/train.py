@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import List, Optional
@@ -39,9 +40,8 @@ def train_sapnet_command(
 ) -> int:
     """Train SAPNet with the paper's losses and schedule; keeps the best checkpoint as safetensors + JSON card."""
     from rich.markup import escape
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from rainkit.train.config import load_config
+    from rainkit.train.config import load_config, load_run_config
     from rainkit.train.data import prepare_training_data
     from rainkit.train.sapnet import train_sapnet
 
@@ -50,9 +50,13 @@ def train_sapnet_command(
     direct = {"data": list(data) or None, "synthesize": synthesize, "val": val, "out": out, "epochs": epochs,
               "batch": batch, "lr": lr, "seed": seed, "device": device, "vgg_weights": vgg_weights,
               "lpips_weights": lpips_weights, "init": init}
-    config = load_config(config_file, overrides, **direct)
     rank = int(os.environ.get("RANK", "0"))
-    prepared = prepare_training_data(config)
+    with flag_names():
+        config = load_config(config_file, overrides, **direct)
+        if resume:  # the run's own settings, then this command's
+            config = load_run_config(load_config, config.out, config_file, overrides, **direct)
+        prepared = prepare_training_data(config)
+    _report_skipped(prepared.skipped, rank)
     if rank == 0:
         d = prepared.description
         console.print(f"training {arch} on {d['train_images']} images ({len(prepared.train)} patches an epoch"
@@ -60,9 +64,7 @@ def train_sapnet_command(
                       f"validation: {d['val_images']} images ({escape(d['validation'])}); run folder {escape(config.out)}",
                       highlight=False)
 
-    progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[losses]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                        console=console, transient=True, disable=rank != 0)
+    progress = _progress(rank)
     task = progress.add_task("train", total=1, epoch=0, losses="")
     state = {"epoch": 0}
 
@@ -77,85 +79,91 @@ def train_sapnet_command(
         progress.console.print(f"epoch {record['epoch']}/{config.epochs}: {losses}{scores}  ({record['seconds']:.0f} s)",
                                highlight=False)
 
-    with progress:
-        result = train_sapnet(config, prepared.train, prepared.val_pairs, resume=resume, arch=arch,
-                              on_step=on_step, on_epoch=on_epoch, data_description=prepared.description)
+    with flag_names(), _checkpoint_hint(Path(config.out), "sapnet", rank), progress:
+        result = train_sapnet(config, prepared.train, prepared.val_pairs, resume=resume, arch=arch, on_step=on_step,
+                              on_epoch=on_epoch, on_resume=_report_resume(rank), data_description=prepared.description)
     if rank == 0:
         best = result.best or {}
         score = f" (val psnr_y {best['psnr_y']:.2f} dB)" if "psnr_y" in best else ""
-        console.print(f"done: {result.global_step} steps; best weights {escape(str(result.out / 'best.safetensors'))}"
+        console.print(f"{_ending(result)}; best weights {escape(str(result.out / 'best.safetensors'))}"
                       f"{score}; use them with `rainkit derain --weights {escape(str(result.out / 'best.safetensors'))}`",
                       highlight=False)
     return 0
 
 
+def _progress(rank: int):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[losses]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=console, transient=True, disable=rank != 0)
+
+
+def _ending(result) -> str:
+    """How a run ended: done, or stopped by its step or time budget (with a checkpoint to resume from)."""
+    from rich.markup import escape
+
+    if result.stopped:
+        return (f"stopped by {result.stopped} after {result.global_step} steps (continue with `--resume --out "
+                f"{escape(str(result.out))}`)")
+    return f"done: {result.global_step} steps"
+
+
 TPSENCE_DOMAINS = ("rain", "snow", "night")
-SEGMENTERS = ("espnet",)
-RUN_CONFIG = "config.json"  # the full TPSeNCE config of the run, read back by --resume
-RUN_DATA = "data.json"  # the run's data arguments (folders, label maps, segmenter), read back by --resume
+# How the library's errors name parameters (`name`), said as this command's flags.
+FLAGS = {"seg_clear": "--seg-clear", "seg_target": "--seg-target", "segmenter=espnet": "--segmenter espnet",
+         "sence=false": "--set sence=false", "segmenter": "--segmenter", "clear": "--clear", "target": "--target",
+         "out": "--out", "patch": "--set patch=N", "resume": "--resume"}
 
 
-def _listing(names: list[str], limit: int = 8) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f", … and {len(names) - limit} more" if len(names) > limit else "")
+@contextlib.contextmanager
+def flag_names():
+    """Say the parameters a library error names in backticks as this command's flags."""
+    from rainkit.errors import RainkitError
+
+    try:
+        yield
+    except RainkitError as exc:
+        text = str(exc)
+        for parameter, flag in FLAGS.items():
+            text = text.replace(f"`{parameter}`", flag)
+        if text == str(exc):
+            raise
+        raise type(exc)(text) from None
 
 
-def read_label_folder(seg_dir: str | Path, names: List[str], images, option: str = "--seg-clear"):
-    """The label map of every image: `seg_dir/<image path without suffix>.png` (or `<image name>.png`),
-    an 8-bit single-channel PNG of class ids at the image's size. Anything missing or mismatched
-    fails with one error listing every offending image."""
-    import cv2
-    import numpy as np
+def _report_skipped(skipped: list[str], rank: int) -> None:
+    from rich.markup import escape
 
-    from rainkit.errors import DatasetError
-
-    folder = Path(seg_dir).expanduser()
-    if not folder.is_dir():
-        raise DatasetError(f"{option} {folder}: label-map folder not found")
-    labels, missing, wrong_size, unreadable = [], [], [], []
-    for name, image in zip(names, images):
-        rel = Path(name)
-        path = next((p for p in (folder / rel.with_suffix(".png"), folder / f"{name}.png") if p.is_file()), None)
-        if path is None:
-            missing.append(str(rel.with_suffix(".png")))
-            continue
-        label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if label is None:
-            unreadable.append(f"{path.name} (not a readable PNG)")
-            continue
-        if label.ndim == 3:
-            if label.shape[2] >= 3 and (np.array_equal(label[:, :, 0], label[:, :, 1])
-                                        and np.array_equal(label[:, :, 0], label[:, :, 2])):
-                label = label[:, :, 0]
-            else:
-                unreadable.append(f"{path.name} (a colour image, not single-channel class ids: an overlay?)")
-                continue
-        if label.dtype != np.uint8:
-            if label.max() > 255:
-                unreadable.append(f"{path.name} (class ids above 255)")
-                continue
-            label = label.astype(np.uint8)
-        if label.shape != image.shape[:2]:
-            wrong_size.append(f"{name} (image {image.shape[1]}x{image.shape[0]}, map {label.shape[1]}x{label.shape[0]})")
-            continue
-        labels.append(label)
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} of {len(names)} images have no label map (expected {_listing(missing)})")
-    if wrong_size:
-        problems.append(f"{len(wrong_size)} label maps differ in size from their image: {_listing(wrong_size)}")
-    if unreadable:
-        problems.append(f"{len(unreadable)} label maps cannot be used: {_listing(unreadable)}")
-    if problems:
-        raise DatasetError(f"{option} {folder}: " + "; ".join(problems) +
-                           " — label maps are PNGs of class ids named like the images (`rainkit segment` writes them)")
-    return labels
+    if skipped and rank == 0:
+        console.print(f"[yellow]warning:[/yellow] skipped {len(skipped)} unreadable image(s), training on the rest: "
+                      f"{escape('; '.join(skipped))}", highlight=False, soft_wrap=True)
 
 
-def _write_json(path: Path, value: dict) -> None:
-    from rainkit.io.atomic import atomic_write_json
+def _report_resume(rank: int):
+    from rich.markup import escape
 
-    atomic_write_json(path, value)
+    def on_resume(changed: list[str]) -> None:
+        if changed and rank == 0:
+            console.print(f"[yellow]resuming with changed settings:[/yellow] {escape('; '.join(changed))}",
+                          highlight=False, soft_wrap=True)
+
+    return on_resume
+
+
+@contextlib.contextmanager
+def _checkpoint_hint(run_dir: Path, command: str, rank: int):
+    """On Ctrl-C or SIGTERM (the trainer checkpoints at the end of the step), say how to continue."""
+    from rich.markup import escape
+
+    try:
+        yield
+    except KeyboardInterrupt:
+        if rank == 0 and (run_dir / "last.pt").is_file():
+            console.print(f"checkpoint saved in {escape(str(run_dir / 'last.pt'))}; continue with "
+                          f"`rainkit train {command} --resume --out {escape(str(run_dir))}`", highlight=False,
+                          soft_wrap=True)
+        raise
 
 
 @train_app.command("tpsence")
@@ -191,13 +199,13 @@ def train_tpsence_command(
                                 "settings and data folders are reused unless given again)."),
 ) -> int:
     """Train TPSeNCE (WACV 2024) clear -> rain/snow/night translation on unpaired folders; torchrun for DDP."""
-    import json
-
     from rich.markup import escape
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from rainkit.errors import RainkitError
-    from rainkit.tpsence.config import TPSeNCEConfig, load_tpsence_config
+    from rainkit.train.config import load_run_config
+    from rainkit.train.tpsence import train_tpsence
+    from rainkit.train.tpsence_config import TPSeNCEConfig, load_tpsence_config
+    from rainkit.train.unpaired_data import SEGMENTERS, UnpairedSources, prepare_unpaired_run, resume_unpaired_sources
 
     if domain not in TPSENCE_DOMAINS:
         raise typer.BadParameter(f"unknown domain '{domain}' ({', '.join(TPSENCE_DOMAINS)})", param_hint="--domain")
@@ -213,93 +221,37 @@ def train_tpsence_command(
               "seed": seed, "device": device}
     if epochs is not None:
         direct["n_epochs"], direct["n_epochs_decay"] = epochs - epochs // 2, epochs // 2
-    config = load_tpsence_config(config_file, overrides, **direct)
-    if out is None and config.out == TPSeNCEConfig.out:
-        config.out = f"runs/tpsence-{domain}"
-    run_dir = Path(config.out)
-    data_args = {"domain": domain, "clear": clear, "target": target, "seg_clear": seg_clear, "seg_target": seg_target,
-                 "segmenter": segmenter, "segmenter_weights": segmenter_weights}
-    if resume:
-        if not (run_dir / "last.pt").is_file():
-            raise RainkitError(f"{run_dir / 'last.pt'}: no checkpoint to resume from (is --out the run folder?)")
-        if config_file is None and (run_dir / RUN_CONFIG).is_file():  # the run's own settings, then this command's
-            config = load_tpsence_config(run_dir / RUN_CONFIG, overrides, **direct)
-            config.out = str(run_dir)
-        saved = json.loads((run_dir / RUN_DATA).read_text()) if (run_dir / RUN_DATA).is_file() else {}
-        for key in ("clear", "target"):
-            data_args[key] = data_args[key] or saved.get(key)
-        if seg_clear is None and segmenter is None:
-            for key in ("seg_clear", "seg_target", "segmenter", "segmenter_weights"):
-                data_args[key] = saved.get(key, data_args[key])
-        data_args["domain"] = saved.get("domain", domain)
-    domain = data_args["domain"]
-    if not data_args["clear"] or not data_args["target"]:
-        raise typer.BadParameter("give the clear and target image folders", param_hint="--clear/--target")
-    labelled = bool(data_args["seg_clear"] or data_args["segmenter"])
-    if config.sence and config.lambda_nce > 0 and not labelled:
-        raise RainkitError("SeNCE needs semantic label maps: give --seg-clear DIR --seg-target DIR (PNG label maps "
-                           "named like the images, e.g. from `rainkit segment`) or --segmenter espnet, "
-                           "or --set sence=false for plain PatchNCE")
-
+    sources = UnpairedSources(clear, target, domain, seg_clear, seg_target, segmenter, segmenter_weights)
     rank = int(os.environ.get("RANK", "0"))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    from rainkit.tpsence.data import load_image_folder, prepare_unpaired_data
+    seg_progress = Progress(TextColumn("[bold]segmenting {task.fields[what]}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=console, transient=True, disable=rank != 0)
+    seg_task = seg_progress.add_task("segment", total=1, what="")
 
-    description: dict
-    if data_args["segmenter"]:
-        from rainkit.hub import load_model, resolve_device
-        from rainkit.models.espnet import Segmenter
+    def on_image(what: str, done: int, total: int) -> None:
+        seg_progress.update(seg_task, completed=done, total=total, what=what)
 
-        seg_device = resolve_device(config.device)
-        if world > 1 and seg_device.type == "cuda":  # torchrun: each process segments on its own GPU (cached)
-            import torch
-
-            seg_device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        model, resolved = load_model("espnet", data_args["segmenter_weights"], device=seg_device)
-        cache = run_dir / "labels" / f"espnet-{resolved.sha256[:12]}"
-        seg_progress = Progress(TextColumn("[bold]segmenting {task.fields[what]}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), console=console, transient=True, disable=rank != 0)
-        seg_task = seg_progress.add_task("segment", total=1, what="")
-
-        def on_image(what: str, done: int, total: int) -> None:
-            seg_progress.update(seg_task, completed=done, total=total, what=what)
-
-        with seg_progress:
-            clear_images, target_images, clear_labels, target_labels, description = prepare_unpaired_data(
-                data_args["clear"], data_args["target"], Segmenter(model, seg_device), label_cache=cache,
-                on_image=on_image)
-        weights_name = resolved.entry.name if resolved.entry else str(resolved.path)
-        description["labels"] = f"ESPNet {weights_name} (sha256 {resolved.sha256[:12]}), cached in {cache}"
-    else:
-        clear_images, clear_names = load_image_folder(data_args["clear"])
-        target_images, target_names = load_image_folder(data_args["target"])
-        clear_labels = target_labels = None
-        if data_args["seg_clear"]:
-            clear_labels = read_label_folder(data_args["seg_clear"], clear_names, clear_images, "--seg-clear")
-            target_labels = read_label_folder(data_args["seg_target"], target_names, target_images, "--seg-target")
-        description = {"clear": str(data_args["clear"]), "rainy": str(data_args["target"]),
-                       "clear_images": len(clear_images), "rainy_images": len(target_images),
-                       "labels": (f"label maps from {data_args['seg_clear']} and {data_args['seg_target']}"
-                                  if clear_labels is not None else None)}
-    description["domain"] = domain
-    if not config.sence or config.lambda_nce <= 0:
-        description["nce"] = "PatchNCE (sence=false)"
-
+    with flag_names():
+        config = load_tpsence_config(config_file, overrides, **direct)
+        if out is None and config.out == TPSeNCEConfig.out:
+            config.out = f"runs/tpsence-{domain}"
+        if resume:  # the run's own settings and data folders, then this command's
+            config = load_run_config(load_tpsence_config, config.out, config_file, overrides, **direct)
+            sources = resume_unpaired_sources(config.out, sources)
+        if sources.segmenter:
+            with seg_progress:
+                data = prepare_unpaired_run(sources, config, on_image)
+        else:
+            data = prepare_unpaired_run(sources, config)
+    _report_skipped(data.skipped, rank)
+    run_dir, domain = Path(config.out), sources.domain
     if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(run_dir / RUN_CONFIG, config.to_dict())
-        saved_args = {k: (str(Path(v).expanduser().resolve()) if k in ("clear", "target", "seg_clear", "seg_target")
-                          and v else v) for k, v in data_args.items()}
-        _write_json(run_dir / RUN_DATA, saved_args)
-        labels_text = description.get("labels") or "none (plain PatchNCE)"
-        console.print(f"{'resuming' if resume else 'training'} TPSeNCE clear -> {domain}: {len(clear_images)} clear and "
-                      f"{len(target_images)} {domain} images; labels: {escape(labels_text)}; {config.epochs} epochs, "
+        labels_text = data.description.get("labels") or "none (plain PatchNCE)"
+        console.print(f"{'resuming' if resume else 'training'} TPSeNCE clear -> {domain}: {len(data.clear)} clear and "
+                      f"{len(data.target)} {domain} images; labels: {escape(labels_text)}; {config.epochs} epochs, "
                       f"batch {config.batch}, crop {config.crop}; run folder {escape(str(run_dir))}",
                       highlight=False, soft_wrap=True)
 
-    progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[losses]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                        console=console, transient=True, disable=rank != 0)
+    progress = _progress(rank)
     task = progress.add_task("train", total=1, epoch=0, losses="")
     state = {"epoch": 0}
     shown = ("g", "gan", "nce", "tps", "d")
@@ -317,21 +269,13 @@ def train_tpsence_command(
         progress.console.print(f"epoch {record['epoch']}/{config.epochs} (step {record['step']}, lr {record['lr']:.2e}): "
                                f"{text}  ({record['seconds']:.0f} s)", highlight=False, soft_wrap=True)
 
-    from rainkit.tpsence.train import train_tpsence
-
-    try:
-        with progress:
-            result = train_tpsence(config, clear_images, target_images, clear_labels, target_labels, resume=resume,
-                                   on_step=on_step, on_epoch=on_epoch, data_description=description)
-    except KeyboardInterrupt:
-        if rank == 0 and (run_dir / "last.pt").is_file():
-            console.print(f"checkpoint saved in {escape(str(run_dir / 'last.pt'))}; continue with "
-                          f"`rainkit train tpsence --resume --out {escape(str(run_dir))}`", highlight=False,
-                          soft_wrap=True)
-        raise
+    with flag_names(), _checkpoint_hint(run_dir, "tpsence", rank), progress:
+        result = train_tpsence(config, data.clear, data.target, data.clear_labels, data.target_labels, resume=resume,
+                               on_step=on_step, on_epoch=on_epoch, on_resume=_report_resume(rank),
+                               data_description=data.description, run_data=sources.to_run_data())
     if rank == 0:
         if result.exported is not None:
-            console.print(f"done: {result.global_step} steps, {result.epoch} epochs; generator "
+            console.print(f"{_ending(result)}, {result.epoch} epochs; generator "
                           f"{escape(str(result.exported))} (+ generator.json); use it with `rainkit generate --method "
                           f"tpsence --domain {domain} --weights {escape(str(result.exported))} IN OUT`",
                           highlight=False, soft_wrap=True)

@@ -1,7 +1,7 @@
 """TPSeNCE (Zheng et al., WACV 2024): realistic rain generation by unpaired translation.
 
 * `TPSeNCEConfig`, `load_tpsence_config`: the training settings (the paper's defaults).
-* `train_tpsence`: the trainer (single process or torchrun DDP), see `rainkit.tpsence.train`.
+* `train_tpsence`: the trainer (single process or torchrun DDP), see `rainkit.train.tpsence`.
 * `load_generator`, `Generator.generate`: native-resolution, seam-free generation, see
   `rainkit.tpsence.generate`.
 
@@ -10,14 +10,14 @@ Submodules are imported lazily so that `import rainkit.tpsence` stays light.
 
 from __future__ import annotations
 
-from rainkit.tpsence.config import TPSeNCEConfig, load_tpsence_config
+from rainkit.train.tpsence_config import TPSeNCEConfig, load_tpsence_config
 
 __all__ = ["Generator", "TPSeNCEConfig", "load_generator", "load_tpsence_config", "train_tpsence"]
 
 
 def __getattr__(name):
     if name == "train_tpsence":
-        from rainkit.tpsence.train import train_tpsence
+        from rainkit.train.tpsence import train_tpsence
 
         return train_tpsence
     if name in ("Generator", "load_generator"):

@@ -8,9 +8,13 @@ import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rainkit.errors import RainkitError
+
+CHECKPOINT = "last.pt"  # a run's checkpoint in its folder
+RUN_CONFIG = "config.json"  # a run's full settings in its folder, read back by a resume
+DATA_FILE = "data.json"  # a run's data arguments where they are not settings (TPSeNCE's folders)
 
 
 @dataclass
@@ -49,7 +53,9 @@ class TrainConfig:
     gamma: float = 0.2
     seed: int = 0
     max_steps: int = 0  # stop (with a checkpoint) after this many optimiser steps in total; 0 = no limit
+    max_minutes: float = 0.0  # stop (with a checkpoint) once this run has trained this long; 0 = no limit
     log_every: int = 10
+    plot_curves: bool = True  # write curves.png at every epoch end (matplotlib)
     # Processes that cut and rain the patches ahead of the model; -1: a few on CUDA (the GPU waits for
     # data otherwise), none on the CPU (the cores are busy with the model). Batches are the same either way.
     workers: int = -1
@@ -166,3 +172,22 @@ def build_config(config: Any, path: str | Path | None = None, overrides: list[st
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, **direct: Any) -> TrainConfig:
     """SAPNet training settings: defaults, then the file (JSON or TOML), then keyword values, then overrides."""
     return build_config(TrainConfig(), path, overrides, **direct)
+
+
+def load_run_config(load: Callable[..., Any], run_dir: str | Path, path: str | Path | None = None,
+                    overrides: list[str] | None = None, **direct: Any) -> Any:
+    """The settings of a run to resume in folder `run_dir`: its own (`config.json`) unless a file is given,
+    then keyword values and overrides, as `load(path, overrides, **direct)` (`load_config`,
+    `load_tpsence_config`) builds them. A folder without a checkpoint is refused before any data is read."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CHECKPOINT).is_file():
+        raise RainkitError(f"{run_dir / CHECKPOINT}: no checkpoint to resume from (is `out` the run folder?)")
+    if path is None and (run_dir / RUN_CONFIG).is_file():
+        path = run_dir / RUN_CONFIG
+        try:
+            load(path)
+        except RainkitError as exc:
+            raise RainkitError(f"{path}: not the settings of a run of this trainer ({exc})") from None
+    config = load(path, overrides, **direct)
+    config.out = str(run_dir)
+    return config

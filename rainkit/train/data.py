@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from rainkit.data.images import IMAGE_SUFFIXES, read_image
-from rainkit.errors import DatasetError
+from rainkit.errors import DatasetError, InputError
 from rainkit.synth.physics import PRESETS, REFERENCE_SIDE, RainParams, add_rain, rain_params
 
 
@@ -192,17 +192,29 @@ def _to_u8(path: Path) -> np.ndarray:
     return to_uint8(read_image(path).rgb)
 
 
-def load_sources(pairs: list[tuple[Path | None, Path]]) -> list[PatchSource]:
-    """Decode (rainy or None, clean) path pairs; a pair whose sizes differ is refused by name."""
-    sources = []
+def listing(items: list[str], limit: int = 8) -> str:
+    """`a, b, c, … and N more`: a list short enough for a one-line message."""
+    shown = ", ".join(items[:limit])
+    return shown + (f", … and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def load_sources(pairs: list[tuple[Path | None, Path]]) -> tuple[list[PatchSource], list[str]]:
+    """Decode (rainy or None, clean) path pairs. A pair with an unreadable image, or whose sizes differ,
+    is left out with a one-line reason (the second list), so one bad file costs one pair, not the run."""
+    sources, skipped = [], []
     for rainy_path, clean_path in pairs:
-        clean = _to_u8(clean_path)
-        rainy = _to_u8(rainy_path) if rainy_path is not None else None
+        try:
+            clean = _to_u8(clean_path)
+            rainy = _to_u8(rainy_path) if rainy_path is not None else None
+        except InputError as exc:
+            skipped.append(str(exc))
+            continue
         if rainy is not None and rainy.shape != clean.shape:
-            raise DatasetError(f"{rainy_path}: size {rainy.shape[1]}x{rainy.shape[0]} differs from its clean image "
-                               f"{clean_path} ({clean.shape[1]}x{clean.shape[0]})")
+            skipped.append(f"{rainy_path}: size {rainy.shape[1]}x{rainy.shape[0]} differs from its clean image "
+                           f"{clean_path.name} ({clean.shape[1]}x{clean.shape[0]})")
+            continue
         sources.append(PatchSource(clean, rainy, clean_path.name))
-    return sources
+    return sources, skipped
 
 
 def _split_is_val(name: str, seed: int, fraction: float) -> bool:
@@ -238,6 +250,7 @@ class TrainingData:
     train: PatchDataset
     val_pairs: list[tuple[np.ndarray, np.ndarray]]  # (rainy, clean) uint8
     description: dict
+    skipped: list[str] = field(default_factory=list)  # one "path: reason" line per pair left out unread
 
 
 def prepare_training_data(config) -> TrainingData:
@@ -268,15 +281,26 @@ def prepare_training_data(config) -> TrainingData:
         train_listed = [pair for pair in listed if pair not in val_listed]
         if not train_listed:
             raise DatasetError("the validation split left no training images: lower val_fraction or give --val")
-    train_sources = load_sources(train_listed)
-    small = [s for s in train_sources if min(s.clean.shape[:2]) < config.patch]
+    train_sources, skipped = load_sources(train_listed)
+    small = [s.name for s in train_sources if min(s.clean.shape[:2]) < config.patch]
     train_sources = [s for s in train_sources if min(s.clean.shape[:2]) >= config.patch]
+    if not train_sources:
+        reasons = []
+        if skipped:
+            reasons.append(f"{len(skipped)} cannot be read ({listing(skipped, 3)})")
+        if small:
+            reasons.append(f"{len(small)} are smaller than the {config.patch}px patch (e.g. {small[0]}; "
+                           f"lower `patch`)")
+        raise DatasetError(f"no training images: of the {len(train_listed)} listed, " + " and ".join(reasons)
+                           if reasons else "no training images found in the data folders")
+    val_sources, val_skipped = load_sources(val_listed)
+    skipped += val_skipped
     dataset = PatchDataset(train_sources, patch=config.patch, patches_per_image=config.patches_per_image,
                            seed=config.seed, synthesize_preset=config.synthesize,
                            intensity=tuple(config.intensity), jitter=config.jitter,
                            clean_fraction=config.clean_fraction)
     val_pairs = []
-    for source in load_sources(val_listed):
+    for source in val_sources:
         clean = _centre_crop(source.clean, config.val_max_side)
         if source.rainy is not None:
             rainy = _centre_crop(source.rainy, config.val_max_side)
@@ -288,7 +312,7 @@ def prepare_training_data(config) -> TrainingData:
             rainy = np.clip(np.round(rainy_float * 255.0), 0, 255).astype(np.uint8)
         val_pairs.append((np.ascontiguousarray(rainy), np.ascontiguousarray(clean)))
     description = {"folders": [str(f) for f in folders], "train_images": len(train_sources),
-                   "skipped_small": len(small), "val_images": len(val_pairs),
+                   "skipped_small": len(small), "skipped_unreadable": len(skipped), "val_images": len(val_pairs),
                    "validation": config.val or f"{config.val_fraction:.0%} split of the training images by name",
                    "synthesize": config.synthesize, "intensity": list(config.intensity), "jitter": config.jitter}
-    return TrainingData(dataset, val_pairs, description)
+    return TrainingData(dataset, val_pairs, description, skipped)

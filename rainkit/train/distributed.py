@@ -15,15 +15,23 @@ from rainkit.hub import resolve_device
 F = TypeVar("F", bound=Callable)
 
 
+def process_device(device_name: str) -> torch.device:
+    """The device of this process: `device_name` resolved, and under torchrun on CUDA the process's own GPU
+    (LOCAL_RANK), so that ranks sharing a node do not share a GPU."""
+    device = resolve_device(device_name)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
 def setup_processes(device_name: str, batch: int) -> tuple[torch.device, int, int]:
     """(device, rank, world size) from torchrun's environment; joins the process group (nccl on CUDA,
     gloo on the CPU) when there are several processes. The global batch must split evenly over them."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    device = resolve_device(device_name)
+    device = process_device(device_name)
     if world > 1:
         if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(device)
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")

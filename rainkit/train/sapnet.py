@@ -3,51 +3,32 @@
 Losses: negative SSIM, perceptual contrastive (VGG-16), LPIPS, background-segmentation focal
 loss, each weighted and switchable. Adam with step decay at the milestones. Single process, or
 DDP under torchrun (gloo on CPU, nccl on CUDA): the global batch is split over ranks and DDP
-averages gradients, so nothing depends on the number of processes.
+averages gradients, so nothing depends on the number of processes. The loop, checkpoints, exact
+resume, log, curves and stopping are the trainer base's (`rainkit.train.base`).
 
-Resuming is exact: the checkpoint holds the model, the optimiser and the position (epoch, batch
-within the epoch), and every sample's randomness derives from (seed, epoch, index), so
-N steps straight and N/2 + resume + N/2 give bit-identical weights on the CPU.
+Outputs in `config.out` besides the base's: `best.safetensors` (the epoch with the best validation
+PSNR, or the last one without validation) and its run card `best.json`.
 """
 
 from __future__ import annotations
 
 import json
-import signal
-import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from rainkit._version import __version__
 from rainkit.errors import RainkitError
-from rainkit.train.distributed import leaves_process_group_as_found, setup_processes
-from rainkit.io.atomic import atomic_save_figure, atomic_torch_save, atomic_write_json
-from rainkit.train.runfiles import git_commit
 from rainkit.hub import create_model
 from rainkit.hub.checkpoint import save_checkpoint
+from rainkit.io.atomic import atomic_write_json
 from rainkit.losses.ssim import SSIMLoss
+from rainkit.train.base import Panel, Trainer, TrainResult, load_network_state, load_optimizer_state
 from rainkit.train.config import TrainConfig
-from rainkit.train.data import EpochBatches, PatchDataset, epoch_loader, epoch_order, resolve_workers
+from rainkit.train.data import EpochBatches, PatchDataset, epoch_loader, resolve_workers
 
-CHECKPOINT = "last.pt"
 BEST = "best.safetensors"
-
-
-@dataclass
-class TrainResult:
-    model: torch.nn.Module
-    out: Path
-    global_step: int
-    epoch: int
-    history: list[dict] = field(default_factory=list)
-    best: dict | None = None
-    interrupted: bool = False
-
 
 def build_loss_terms(config: TrainConfig, device: torch.device) -> dict[str, tuple[float, Callable]]:
     """Build every enabled loss once. Terms needing ImageNet/LPIPS/segmenter weights fail here,
@@ -132,28 +113,120 @@ def validate(model: torch.nn.Module, pairs: list[tuple[np.ndarray, np.ndarray]],
     return {k: float(np.mean([s[k] for s in scores])) for k in ("psnr_y", "ssim_y")} if scores else {}
 
 
-def _plot_curves(history: list[dict], path: Path) -> None:
-    from matplotlib.figure import Figure
+class SAPNetTrainer(Trainer):
+    """SAPNet (or PReNet) on `PatchDataset` batches, with the paper's weighted loss terms; exports the
+    epoch of the best validation PSNR."""
 
-    if not history:
-        return
-    fig = Figure(figsize=(9, 3.2))
-    axes = fig.subplots(1, 2)
-    epochs = [h["epoch"] for h in history]
-    for key in sorted(k for k in history[0] if k.startswith("loss_")):
-        axes[0].plot(epochs, [h[key] for h in history], label=key[5:])
-    axes[0].set_xlabel("epoch")
-    axes[0].set_title("training loss (weighted terms)")
-    axes[0].legend(fontsize=7)
-    if "psnr_y" in history[0]:
-        axes[1].plot(epochs, [h["psnr_y"] for h in history], color="tab:green")
-        axes[1].set_title("validation PSNR (Y, dB)")
-        axes[1].set_xlabel("epoch")
-    fig.tight_layout()
-    atomic_save_figure(path, fig)
+    value_prefix = "loss_"
+    state_keys = ("model", "optimizer", "best")
+
+    def __init__(self, config: TrainConfig, dataset: PatchDataset, val_pairs: list[tuple[np.ndarray, np.ndarray]],
+                 *, arch: str = "sapnet", data_description: dict | None = None):
+        super().__init__(config, dataset, data_description=data_description)
+        self.val_pairs = val_pairs
+        self.arch = arch
+        self.init_sha256: str | None = None
+
+    def build(self) -> None:
+        c = self.config
+        if self.arch == "prenet":
+            self.model_kwargs = {"width": c.model.width, "stages": c.model.stages, "blocks": len(c.model.dilations)}
+        else:
+            self.model_kwargs = {"width": c.model.width, "stages": c.model.stages,
+                                 "dilations": list(c.model.dilations), "reduction": c.model.reduction}
+        self.model = create_model(self.arch, **self.model_kwargs).to(self.device)
+        if c.init:  # fine-tuning: verified weights in, fresh optimiser and schedule (a resume restores both)
+            from rainkit.hub.checkpoint import load_state_dict_strict, read_state_dict
+            from rainkit.hub.weights import resolve_weights
+
+            resolved = resolve_weights(c.init)
+            self.init_sha256 = resolved.sha256
+            load_state_dict_strict(self.model, read_state_dict(resolved.path), source=resolved.path)
+        self.use_amp = (c.amp and self.device.type == "cuda") or (c.cpu_bf16 and self.device.type == "cpu")
+        if self.use_amp:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr)
+        self.optimizers = [self.optimizer]
+        self.terms = build_loss_terms(c, self.device)
+        self.workers = resolve_workers(c.workers, self.device)
+
+    def distribute(self) -> None:
+        self.net = torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model
+
+    def state(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "best": json.dumps(self.best) if self.best else ""}
+
+    def load_state(self, state: dict[str, Any], source: Path) -> None:
+        load_network_state(self.model, state["model"], source, "model")
+        load_optimizer_state(self.optimizer, state["optimizer"], source, "optimizer")
+        self.best = json.loads(state["best"]) if state["best"] else None
+
+    def lr_at(self, epoch: int) -> float:
+        return lr_at(self.config, epoch)
+
+    def batches_per_epoch(self) -> int:
+        return max(1, len(self.dataset) // self.config.batch)
+
+    def epoch_batches(self, epoch: int, order, first: int, count: int, rank_slice: slice):
+        batches = EpochBatches(self.dataset, order, epoch=epoch, batch=self.config.batch, first=first, count=count,
+                               rank_slice=rank_slice)
+        return epoch_loader(batches, self.workers, self.device.type == "cuda")
+
+    def train_step(self, batch, epoch: int) -> dict[str, float]:
+        rainy, clean = (t.to(self.device, non_blocking=True) for t in batch)
+        if self.use_amp:
+            rainy = rainy.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+            output = self.net(rainy)
+        values = {name: weight * fn(output.float(), clean, rainy) for name, (weight, fn) in self.terms.items()}
+        self.optimizer.zero_grad(set_to_none=True)
+        sum(values.values()).backward()
+        self.optimizer.step()
+        return {name: float(value.detach()) for name, value in values.items()}
+
+    def end_epoch(self, record: dict) -> None:
+        if self.val_pairs:
+            record.update(validate(self.model, self.val_pairs, self.device))
+            if self.best is None or record["psnr_y"] > self.best["psnr_y"]:
+                self._save_best(record)
+        else:
+            self._save_best(record)
+
+    def export(self) -> None:
+        """A budget ended the run before any epoch did: the weights so far become the best."""
+        if self.best is None:
+            record = {"epoch": self.epoch, "step": self.global_step}
+            record.update(validate(self.model, self.val_pairs, self.device))
+            self._save_best(record)
+
+    def _save_best(self, record: dict) -> None:
+        from rainkit.hub.weights import sha256_file
+
+        c = self.config
+        self.best = dict(record)
+        self.exported = save_checkpoint(self.out / BEST, self.model, self.arch, self.model_kwargs)
+        card = self.run_card(
+            arch=self.arch, arch_kwargs=self.model_kwargs, sha256=sha256_file(self.exported),
+            validation=c.val or f"{c.val_fraction:.0%} of the data",
+            init={"weights": c.init, "sha256": self.init_sha256} if c.init else None,
+            epoch=record["epoch"], step=record["step"],
+            scores={k: record[k] for k in ("psnr_y", "ssim_y") if k in record}, loss_weights=c.to_dict()["loss"])
+        if not self.data_description:
+            card["data"] = {"folders": c.data, "synthesize": c.synthesize}
+        atomic_write_json(self.out / "best.json", card)
+
+    def curve_panels(self) -> list[Panel]:
+        epochs = [h["epoch"] for h in self.history]
+        losses = {key[5:]: [h.get(key) for h in self.history] for key in sorted(self.history[0]) if
+                  key.startswith("loss_")} if self.history else {}
+        panels = [Panel("training loss (weighted terms)", "epoch", epochs, losses)]
+        if self.history and "psnr_y" in self.history[0]:
+            panels.append(Panel("validation PSNR (Y, dB)", "epoch", epochs,
+                                {"psnr_y": [h.get("psnr_y") for h in self.history]}))
+        return panels
 
 
-@leaves_process_group_as_found
 def train_sapnet(
     config: TrainConfig,
     dataset: PatchDataset,
@@ -163,166 +236,9 @@ def train_sapnet(
     arch: str = "sapnet",
     on_step: Callable[[int, int, int, dict], None] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    on_resume: Callable[[list[str]], None] | None = None,
     data_description: dict | None = None,
 ) -> TrainResult:
     """Train; returns the trained model (unwrapped) and the run's history. Checkpoints go to `config.out`."""
-    device, rank, world = setup_processes(config.device, config.batch)
-    distributed = world > 1
-    out_dir = Path(config.out)
-    if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-
-    torch.manual_seed(config.seed)
-    model_kwargs = {"width": config.model.width, "stages": config.model.stages,
-                    "dilations": list(config.model.dilations), "reduction": config.model.reduction}
-    if arch == "prenet":
-        model_kwargs = {"width": config.model.width, "stages": config.model.stages, "blocks": len(config.model.dilations)}
-    model = create_model(arch, **model_kwargs).to(device)
-    init_sha256 = None
-    if config.init:  # fine-tuning: verified weights in, fresh optimiser and schedule (a resume restores both)
-        from rainkit.hub.checkpoint import load_state_dict_strict, read_state_dict
-        from rainkit.hub.weights import resolve_weights
-
-        resolved = resolve_weights(config.init)
-        init_sha256 = resolved.sha256
-        if not resume:
-            load_state_dict_strict(model, read_state_dict(resolved.path), source=resolved.path)
-    use_amp = (config.amp and device.type == "cuda") or (config.cpu_bf16 and device.type == "cpu")
-    if use_amp:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    terms = build_loss_terms(config, device)
-
-    epoch, start_batch, global_step = 0, 0, 0
-    history: list[dict] = []
-    best: dict | None = None
-    checkpoint_path = out_dir / CHECKPOINT
-    if resume:
-        if not checkpoint_path.is_file():
-            raise RainkitError(f"{checkpoint_path}: no checkpoint to resume from")
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        epoch, start_batch, global_step = int(state["epoch"]), int(state["batch"]), int(state["global_step"])
-        history = json.loads(state["history"])
-        best = json.loads(state["best"]) if state["best"] else None
-    net = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
-
-    def save(position_epoch: int, position_batch: int) -> None:
-        if rank != 0:
-            return
-        atomic_torch_save(checkpoint_path, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": position_epoch,
-            "batch": position_batch, "global_step": global_step, "history": json.dumps(history),
-            "best": json.dumps(best) if best else "", "config": json.dumps(config.to_dict()),
-        })
-
-    interrupted = False
-    previous_handler = signal.getsignal(signal.SIGTERM)
-    if rank == 0 and threading_main():
-        signal.signal(signal.SIGTERM, _raise_interrupt)
-    log = open(out_dir / "train.log", "a") if rank == 0 else None
-    per_rank = config.batch // world
-    batches_per_epoch = max(1, len(dataset) // config.batch)
-    workers = resolve_workers(config.workers, device)
-    position = (epoch, start_batch)
-    try:
-        while epoch < config.epochs:
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(config, epoch)
-            order = epoch_order(config.seed, epoch, len(dataset))
-            sums: dict[str, float] = {}
-            count = 0
-            started = time.perf_counter()
-            batches = EpochBatches(dataset, order, epoch=epoch, batch=config.batch, first=start_batch,
-                                   count=batches_per_epoch, rank_slice=slice(rank * per_rank, (rank + 1) * per_rank))
-            for b, (rainy, clean) in enumerate(epoch_loader(batches, workers, device.type == "cuda"), start_batch):
-                position = (epoch, b)
-                rainy = rainy.to(device, non_blocking=True)
-                clean = clean.to(device, non_blocking=True)
-                if use_amp:
-                    rainy = rainy.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    output = net(rainy)
-                values = {name: weight * fn(output.float(), clean, rainy) for name, (weight, fn) in terms.items()}
-                total = sum(values.values())
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                optimizer.step()
-                global_step += 1
-                count += 1
-                for name, value in values.items():
-                    sums[name] = sums.get(name, 0.0) + float(value.detach())
-                if on_step:
-                    on_step(global_step, b + 1, batches_per_epoch, {k: float(v.detach()) for k, v in values.items()})
-                if log and global_step % config.log_every == 0:
-                    log.write(json.dumps({"step": global_step, "epoch": epoch, "batch": b, "lr": lr_at(config, epoch),
-                                          **{f"loss_{k}": round(float(v.detach()), 6) for k, v in values.items()}}) + "\n")
-                    log.flush()
-                if config.max_steps and global_step >= config.max_steps:
-                    position = (epoch, b + 1) if b + 1 < batches_per_epoch else (epoch + 1, 0)
-                    save(*position)
-                    return TrainResult(model, out_dir, global_step, epoch, history, best)
-            record = {"epoch": epoch + 1, "step": global_step, "lr": lr_at(config, epoch),
-                      "seconds": round(time.perf_counter() - started, 2),
-                      **{f"loss_{k}": v / max(count, 1) for k, v in sums.items()}}
-            if rank == 0 and val_pairs:
-                record.update(validate(model, val_pairs, device))
-                if best is None or record["psnr_y"] > best["psnr_y"]:
-                    best = dict(record)
-                    _save_best(model, arch, model_kwargs, config, record, out_dir, data_description, init_sha256)
-            elif rank == 0 and not val_pairs:
-                best = dict(record)
-                _save_best(model, arch, model_kwargs, config, record, out_dir, data_description, init_sha256)
-            history.append(record)
-            epoch, start_batch = epoch + 1, 0
-            position = (epoch, 0)
-            save(epoch, 0)
-            if rank == 0:
-                _plot_curves(history, out_dir / "curves.png")
-            if on_epoch:
-                on_epoch(record)
-    except KeyboardInterrupt:
-        interrupted = True
-        save(*position)
-        raise
-    finally:
-        if log:
-            log.close()
-        if rank == 0 and threading_main():
-            signal.signal(signal.SIGTERM, previous_handler)
-    return TrainResult(model, out_dir, global_step, epoch, history, best, interrupted)
-
-
-def _save_best(model, arch: str, model_kwargs: dict, config: TrainConfig, record: dict, out_dir: Path,
-               data_description: dict | None, init_sha256: str | None = None) -> None:
-    save_checkpoint(out_dir / BEST, model, arch, model_kwargs)
-    from rainkit.hub.weights import sha256_file
-
-    card = {
-        "arch": arch,
-        "arch_kwargs": model_kwargs,
-        "sha256": sha256_file(out_dir / BEST),
-        "data": data_description or {"folders": config.data, "synthesize": config.synthesize},
-        "validation": config.val or f"{config.val_fraction:.0%} of the data",
-        "init": {"weights": config.init, "sha256": init_sha256} if config.init else None,
-        "command": " ".join(sys.argv),
-        "epoch": record["epoch"],
-        "step": record["step"],
-        "scores": {k: record[k] for k in ("psnr_y", "ssim_y") if k in record},
-        "loss_weights": config.to_dict()["loss"],
-        "config": config.to_dict(),
-        "commit": git_commit(),
-        "rainkit_version": __version__,
-    }
-    atomic_write_json(out_dir / "best.json", card)
-
-
-def threading_main() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
+    trainer = SAPNetTrainer(config, dataset, val_pairs, arch=arch, data_description=data_description)
+    return trainer.run(resume=resume, on_step=on_step, on_epoch=on_epoch, on_resume=on_resume)

@@ -54,7 +54,8 @@ class TPSeNCEConfig:
     n_epochs: int = 100  # epochs at the initial learning rate
     n_epochs_decay: int = 100  # then linear decay towards zero over these epochs
     seed: int = 0
-    max_steps: int = 0  # stop (with a checkpoint) after this many steps in total; 0 = no limit
+    max_steps: int = 0  # stop (with a checkpoint and an export) after this many steps in total; 0 = no limit
+    max_minutes: float = 0.0  # stop (likewise) once this run has trained this long; 0 = no limit
 
     # ---- run
     device: str = "auto"
@@ -94,13 +95,6 @@ TINY_OVERRIDES = ["ngf=4", "n_blocks=1", "ndf=4", "n_layers_d=2", "netf_nc=8", "
                   "num_patches=16", "crop=32", "load_size=0", "batch=2", "device=cpu", "n_epochs=1",
                   "n_epochs_decay=1", "sample_every=0", "ot_iters=10"]
 """A tiny variant for tests: a 4-channel, 1-block generator on 32-pixel crops."""
-
-
-def apply_override(config: TPSeNCEConfig, assignment: str) -> None:
-    """`key=value` with the value converted to the field's type (lists: comma-separated)."""
-    from rainkit.train.config import apply_override as _apply
-
-    _apply(config, assignment)  # generic over dataclasses: typed conversion and did-you-mean errors
 
 
 def load_tpsence_config(path: str | Path | None = None, overrides: list[str] | None = None,

@@ -31,7 +31,7 @@ from torch import nn
 from rainkit.errors import RainkitError
 from rainkit.losses.tpsence import lsgan_loss, sence_loss, tps_loss
 from rainkit.models.tpsence import PatchDiscriminator, PatchSampleMLP, ResnetGenerator, init_weights
-from rainkit.tpsence.config import TPSeNCEConfig
+from rainkit.train.tpsence_config import TPSeNCEConfig
 
 
 class TPSeNCE(nn.Module):

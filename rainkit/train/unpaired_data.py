@@ -13,6 +13,9 @@ A run resumed at any step, or split over any number of processes, sees the same 
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -21,6 +24,7 @@ import torch
 
 from rainkit.errors import DatasetError
 from rainkit.losses.tpsence import mean_pixel_agreement
+from rainkit.train.data import listing
 
 
 def sample_rng(seed: int, epoch: int, index: int, stream: int = 0) -> np.random.Generator:
@@ -122,9 +126,12 @@ class UnpairedDataset:
         return stack([s[0] for s in samples]), stack([s[1] for s in samples]), mpa
 
 
-def load_image_folder(folder: str | Path) -> tuple[list[np.ndarray], list[str]]:
-    """Every image under `folder` (recursively, sorted) as uint8 RGB, with its path relative to the folder."""
+def load_image_folder(folder: str | Path) -> tuple[list[np.ndarray], list[str], list[str]]:
+    """Every readable image under `folder` (recursively, sorted) as uint8 RGB, with its path relative to
+    the folder, and a one-line reason for each image that cannot be read (those are skipped; a folder
+    with no readable image is an error)."""
     from rainkit.data.images import IMAGE_SUFFIXES, read_image, to_uint8
+    from rainkit.errors import InputError
 
     folder = Path(folder).expanduser()
     if not folder.is_dir():
@@ -132,7 +139,67 @@ def load_image_folder(folder: str | Path) -> tuple[list[np.ndarray], list[str]]:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise DatasetError(f"{folder}: no images found (looked for {', '.join(IMAGE_SUFFIXES)}, recursively)")
-    return [to_uint8(read_image(p).rgb) for p in files], [str(p.relative_to(folder)) for p in files]
+    images, names, skipped = [], [], []
+    for path in files:
+        try:
+            images.append(to_uint8(read_image(path).rgb))
+        except InputError as exc:
+            skipped.append(str(exc))
+            continue
+        names.append(str(path.relative_to(folder)))
+    if not images:
+        raise DatasetError(f"{folder}: none of its {len(files)} images can be read ({listing(skipped, 3)})")
+    return images, names, skipped
+
+
+def read_label_folder(folder: str | Path, names: Sequence[str], images: Sequence[np.ndarray],
+                      parameter: str = "seg_clear") -> list[np.ndarray]:
+    """The label map of every image: `folder/<image path without suffix>.png` (or `<image name>.png`),
+    an 8-bit single-channel PNG of class ids at the image's size. Anything missing or mismatched
+    fails with one error, naming `parameter` (in backticks) and listing every offending image."""
+    import cv2
+
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise DatasetError(f"`{parameter}` {folder}: label-map folder not found")
+    labels, missing, wrong_size, unreadable = [], [], [], []
+    for name, image in zip(names, images):
+        rel = Path(name)
+        path = next((p for p in (folder / rel.with_suffix(".png"), folder / f"{name}.png") if p.is_file()), None)
+        if path is None:
+            missing.append(str(rel.with_suffix(".png")))
+            continue
+        label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if label is None:
+            unreadable.append(f"{path.name} (not a readable PNG)")
+            continue
+        if label.ndim == 3:
+            if label.shape[2] >= 3 and (np.array_equal(label[:, :, 0], label[:, :, 1])
+                                        and np.array_equal(label[:, :, 0], label[:, :, 2])):
+                label = label[:, :, 0]
+            else:
+                unreadable.append(f"{path.name} (a colour image, not single-channel class ids: an overlay?)")
+                continue
+        if label.dtype != np.uint8:
+            if label.max() > 255:
+                unreadable.append(f"{path.name} (class ids above 255)")
+                continue
+            label = label.astype(np.uint8)
+        if label.shape != image.shape[:2]:
+            wrong_size.append(f"{name} (image {image.shape[1]}x{image.shape[0]}, map {label.shape[1]}x{label.shape[0]})")
+            continue
+        labels.append(label)
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} of {len(names)} images have no label map (expected {listing(missing)})")
+    if wrong_size:
+        problems.append(f"{len(wrong_size)} label maps differ in size from their image: {listing(wrong_size)}")
+    if unreadable:
+        problems.append(f"{len(unreadable)} label maps cannot be used: {listing(unreadable)}")
+    if problems:
+        raise DatasetError(f"`{parameter}` {folder}: " + "; ".join(problems) +
+                           " — label maps are PNGs of class ids named like the images (`rainkit segment` writes them)")
+    return labels
 
 
 def segment_images(images: Sequence[np.ndarray], segmenter, on_image: Callable[[int, int], None] | None = None
@@ -170,14 +237,27 @@ def load_labels_cached(images: Sequence[np.ndarray], names: Sequence[str], segme
     return labels
 
 
+@dataclass
+class UnpairedData:
+    """Decoded images and label maps (None without) ready for `train_tpsence`, and what was skipped."""
+
+    clear: list[np.ndarray]
+    target: list[np.ndarray]
+    clear_labels: list[np.ndarray] | None
+    target_labels: list[np.ndarray] | None
+    description: dict
+    clear_names: list[str] = field(default_factory=list)
+    target_names: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # one "path: reason" line per unreadable image
+
+
 def prepare_unpaired_data(clear_dir: str | Path, rainy_dir: str | Path, segmenter=None,
                           label_cache: str | Path | None = None,
-                          on_image: Callable[[str, int, int], None] | None = None):
-    """Read two image folders and, with a segmenter (e.g. `rainkit.models.espnet.load_segmenter()`),
-    their label maps. Returns (clear, rainy, clear_labels, rainy_labels, description) ready for
-    `train_tpsence`; the labels are None without a segmenter."""
-    clear, clear_names = load_image_folder(clear_dir)
-    rainy, rainy_names = load_image_folder(rainy_dir)
+                          on_image: Callable[[str, int, int], None] | None = None) -> UnpairedData:
+    """Read two image folders (skipping unreadable images) and, with a segmenter (e.g. a
+    `rainkit.models.espnet.Segmenter`), their label maps, cached under `label_cache`."""
+    clear, clear_names, clear_skipped = load_image_folder(clear_dir)
+    rainy, rainy_names, rainy_skipped = load_image_folder(rainy_dir)
     clear_labels = rainy_labels = None
     if segmenter is not None:
         def progress(what):
@@ -190,4 +270,85 @@ def prepare_unpaired_data(clear_dir: str | Path, rainy_dir: str | Path, segmente
                                           progress("rainy"))
     description = {"clear": str(clear_dir), "rainy": str(rainy_dir), "clear_images": len(clear),
                    "rainy_images": len(rainy), "labels": "ESPNet (Cityscapes)" if segmenter is not None else None}
-    return clear, rainy, clear_labels, rainy_labels, description
+    skipped = clear_skipped + rainy_skipped
+    if skipped:
+        description["skipped_unreadable"] = len(skipped)
+    return UnpairedData(clear, rainy, clear_labels, rainy_labels, description, clear_names, rainy_names, skipped)
+
+
+SEGMENTERS = ("espnet",)
+
+
+@dataclass
+class UnpairedSources:
+    """The data arguments of a TPSeNCE run: two folders, and label maps from folders or a segmenter."""
+
+    clear: str | None = None
+    target: str | None = None
+    domain: str = "rain"
+    seg_clear: str | None = None
+    seg_target: str | None = None
+    segmenter: str | None = None
+    segmenter_weights: str = "espnet.cityscapes"
+
+    def to_run_data(self) -> dict:
+        """As kept in the run folder: folders made absolute, so a resume works from any directory."""
+        data = dataclasses.asdict(self)
+        for key in ("clear", "target", "seg_clear", "seg_target"):
+            if data[key]:
+                data[key] = str(Path(data[key]).expanduser().resolve())
+        return data
+
+
+def resume_unpaired_sources(run_dir: str | Path, given: UnpairedSources) -> UnpairedSources:
+    """The data arguments of a resumed run: the run's own (its `data.json`) where none are given."""
+    from rainkit.train.config import DATA_FILE
+
+    path = Path(run_dir) / DATA_FILE
+    try:
+        saved = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{path}: the run's data arguments cannot be read ({exc})") from None
+    sources = dataclasses.replace(given, clear=given.clear or saved.get("clear"),
+                                  target=given.target or saved.get("target"), domain=saved.get("domain", given.domain))
+    if given.seg_clear is None and given.segmenter is None:
+        for key in ("seg_clear", "seg_target", "segmenter", "segmenter_weights"):
+            setattr(sources, key, saved.get(key, getattr(given, key)))
+    return sources
+
+
+def prepare_unpaired_run(sources: UnpairedSources, config,
+                         on_image: Callable[[str, int, int], None] | None = None) -> UnpairedData:
+    """The images and label maps of a TPSeNCE run (a `TPSeNCEConfig`): label maps from the folders
+    `seg_clear`/`seg_target`, or computed by `segmenter` (cached in the run folder, on this process's
+    device), or none for plain PatchNCE. Errors name the parameters at fault in backticks."""
+    if not sources.clear or not sources.target:
+        raise DatasetError("`clear` and `target`: give both image folders")
+    if sources.segmenter is not None and sources.segmenter not in SEGMENTERS:
+        raise DatasetError(f"`segmenter` {sources.segmenter}: unknown ({', '.join(SEGMENTERS)})")
+    if config.sence and config.lambda_nce > 0 and not (sources.seg_clear or sources.segmenter):
+        raise DatasetError("SeNCE needs semantic label maps: give `seg_clear` DIR and `seg_target` DIR (PNG label "
+                           "maps named like the images, e.g. from `rainkit segment`) or `segmenter=espnet`, "
+                           "or `sence=false` for plain PatchNCE")
+    if sources.segmenter:
+        from rainkit.hub import load_model
+        from rainkit.models.espnet import Segmenter
+        from rainkit.train.distributed import process_device
+
+        device = process_device(config.device)  # under torchrun each process segments on its own GPU (cached)
+        model, resolved = load_model("espnet", sources.segmenter_weights, device=device)
+        cache = Path(config.out) / "labels" / f"espnet-{resolved.sha256[:12]}"
+        data = prepare_unpaired_data(sources.clear, sources.target, Segmenter(model, device), label_cache=cache,
+                                     on_image=on_image)
+        weights_name = resolved.entry.name if resolved.entry else str(resolved.path)
+        data.description["labels"] = f"ESPNet {weights_name} (sha256 {resolved.sha256[:12]}), cached in {cache}"
+    else:
+        data = prepare_unpaired_data(sources.clear, sources.target)
+        if sources.seg_clear:
+            data.clear_labels = read_label_folder(sources.seg_clear, data.clear_names, data.clear, "seg_clear")
+            data.target_labels = read_label_folder(sources.seg_target, data.target_names, data.target, "seg_target")
+            data.description["labels"] = f"label maps from {sources.seg_clear} and {sources.seg_target}"
+    data.description["domain"] = sources.domain
+    if not config.sence or config.lambda_nce <= 0:
+        data.description["nce"] = "PatchNCE (sence=false)"
+    return data

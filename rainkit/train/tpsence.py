@@ -1,0 +1,222 @@
+"""Training TPSeNCE: unpaired clear -> rainy translation with TPS and SeNCE (see `tpsence_objective.py`).
+
+Adam (lr 2e-4, betas 0.5/0.999) for G, D and the MLP head, constant for `n_epochs` then linear
+decay for `n_epochs_decay` (CUT's `linear` policy). Single process, or DDP under torchrun (env
+vars RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT; gloo on CPU, nccl on CUDA): the global batch is
+split over ranks and gradients are averaged with an all-reduce after each backward (the
+generator runs several partial forwards per step, which DistributedDataParallel's reducer does
+not support), so the update is that of the global batch's mean loss whatever the number of
+processes. bf16 autocast on CUDA; losses and the Sinkhorn plan are computed in fp32.
+
+The loop, checkpoints (`last.pt` holds the three networks and the three optimisers), exact resume,
+log, curves and stopping are the trainer base's (`rainkit.train.base`). Outputs in `config.out`
+besides the base's: `samples/step_NNNNNNN.png` (clear | generated | rainy, every `sample_every`
+steps) and, after every epoch and when a budget ends the run, `generator.safetensors` (rainkit's
+format: `load_generator` and `rainkit.hub.load_model("tpsence", path)` rebuild it from the file
+alone) with its card `generator.json`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from rainkit.errors import RainkitError
+from rainkit.io.atomic import atomic_write_json
+from rainkit.train.base import Panel, Trainer, TrainResult, load_network_state, load_optimizer_state
+from rainkit.train.data import rank_batch
+from rainkit.train.tpsence_config import TPSeNCEConfig
+from rainkit.train.tpsence_objective import TPSeNCE
+from rainkit.train.unpaired_data import UnpairedDataset, sample_rng
+
+GENERATOR = "generator.safetensors"
+CARD = "generator.json"
+NETWORKS = ("generator", "discriminator", "head")
+OPTIMIZERS = ("opt_g", "opt_d", "opt_f")
+
+
+def lr_at(config: TPSeNCEConfig, epoch: int) -> float:
+    """CUT's linear policy: lr for epochs 0..n_epochs-1, then 1 - k / (n_epochs_decay + 1) for the k-th decay epoch."""
+    return config.lr * (1.0 - max(0, epoch + 1 - config.n_epochs) / float(config.n_epochs_decay + 1))
+
+
+def _sync_grads(params: Sequence[torch.nn.Parameter], world: int) -> None:
+    """Average gradients over ranks (one flat all-reduce); parameters without a gradient (the same
+    on every rank, since every rank runs the same graph) are left alone."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    flat = _flatten_dense_tensors(grads)
+    dist.all_reduce(flat)
+    flat /= world
+    for grad, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
+        grad.copy_(synced)
+
+
+def _to_uint8_image(t: torch.Tensor) -> np.ndarray:
+    return ((t.detach().float().clamp(-1, 1).cpu().numpy().transpose(1, 2, 0) + 1.0) * 127.5).round().astype(np.uint8)
+
+
+def _write_sample(path: Path, x: torch.Tensor, fake: torch.Tensor, y: torch.Tensor) -> None:
+    from rainkit.data.images import write_image
+
+    write_image(path, np.concatenate([_to_uint8_image(x), _to_uint8_image(fake), _to_uint8_image(y)], axis=1))
+
+
+class TPSeNCETrainer(Trainer):
+    """TPSeNCE's G, D and MLP head on `UnpairedDataset` batches; exports the generator every epoch."""
+
+    state_keys = NETWORKS + OPTIMIZERS
+
+    def build(self) -> None:
+        c = self.config
+        if len(self.dataset) < c.batch:
+            raise RainkitError(f"{len(self.dataset)} samples per epoch is less than one batch of {c.batch}")
+        self.model = TPSeNCE(c).to(self.device)
+        self.use_amp = bool((c.amp and self.device.type == "cuda") or (c.cpu_bf16 and self.device.type == "cpu"))
+        betas = (c.beta1, c.beta2)
+        self.optimizers = [torch.optim.Adam(getattr(self.model, name).parameters(), lr=c.lr, betas=betas)
+                           for name in NETWORKS]
+        self.g_params = list(self.model.generator.parameters()) + list(self.model.head.parameters())
+        self.d_params = list(self.model.discriminator.parameters())
+
+    def distribute(self) -> None:
+        if self.world > 1:
+            for tensor in self.model.state_dict().values():
+                dist.broadcast(tensor, 0)
+
+    def state(self) -> dict[str, Any]:
+        return {**{name: getattr(self.model, name).state_dict() for name in NETWORKS},
+                **{key: opt.state_dict() for key, opt in zip(OPTIMIZERS, self.optimizers)}}
+
+    def load_state(self, state: dict[str, Any], source: Path) -> None:
+        for name in NETWORKS:
+            load_network_state(getattr(self.model, name), state[name], source, name)
+        for key, opt in zip(OPTIMIZERS, self.optimizers):
+            load_optimizer_state(opt, state[key], source, key)
+
+    def lr_at(self, epoch: int) -> float:
+        return lr_at(self.config, epoch)
+
+    def batches_per_epoch(self) -> int:
+        return len(self.dataset) // self.config.batch
+
+    def epoch_batches(self, epoch: int, order, first: int, count: int, rank_slice: slice):
+        for b in range(first, count):
+            indices = rank_batch(order, b, self.config.batch, rank_slice)
+            yield indices, *self.dataset.batch(indices, epoch)
+
+    def train_step(self, batch, epoch: int) -> dict[str, float]:
+        c, model = self.config, self.model
+        opt_g, opt_d, opt_f = self.optimizers
+        indices, x, y, mpa = batch
+        x, y, mpa = x.to(self.device), y.to(self.device), mpa.to(self.device)
+        rngs_x = [sample_rng(c.seed, epoch, int(i), 1) for i in indices]
+        rngs_y = [sample_rng(c.seed, epoch, int(i), 2) for i in indices]
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+            fake, idt = model.translate(x, y)
+            d_terms = model.discriminator_loss(fake, y)
+        opt_d.zero_grad(set_to_none=True)
+        d_terms["d"].backward()
+        if self.world > 1:
+            _sync_grads(self.d_params, self.world)
+        opt_d.step()
+        # generator + head step, D frozen
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+            g_terms = model.generator_loss(x, y, fake, idt, mpa, rngs_x, rngs_y)
+        opt_g.zero_grad(set_to_none=True)
+        opt_f.zero_grad(set_to_none=True)
+        g_terms["g"].backward()
+        if self.world > 1:
+            _sync_grads(self.g_params, self.world)
+        opt_g.step()
+        opt_f.step()
+        self.last_images = (x[0], fake[0], y[0])
+        values = {k: float(v.detach()) for k, v in {**g_terms, **d_terms}.items()}
+        values["mpa"] = float(mpa.mean())
+        return values
+
+    def after_step(self, batch) -> None:
+        every = self.config.sample_every
+        if every and self.global_step % every == 0:
+            _write_sample(self.out / "samples" / f"step_{self.global_step:07d}.png", *self.last_images)
+
+    def end_epoch(self, record: dict) -> None:
+        # a usable generator after every epoch, so an interrupted or still-running run can be tried
+        self.export()
+
+    def export(self) -> None:
+        """Write `generator.safetensors` (rainkit format, fp16 with `export_fp16`) and its card."""
+        import copy
+
+        from rainkit.hub.checkpoint import save_checkpoint
+        from rainkit.hub.weights import sha256_file
+
+        c = self.config
+        generator = copy.deepcopy(self.model.generator).half() if c.export_fp16 else self.model.generator
+        dtype = "fp16" if c.export_fp16 else "fp32"
+        kwargs = c.generator_kwargs()
+        self.exported = save_checkpoint(self.out / GENERATOR, generator, "tpsence", kwargs,
+                                        extra={"rainkit.dtype": dtype})
+        card = self.run_card(
+            arch="tpsence", arch_kwargs=kwargs, file=GENERATOR, sha256=sha256_file(self.exported), dtype=dtype,
+            parameters=sum(p.numel() for p in self.model.generator.parameters()),
+            task="clear -> rainy image translation (TPSeNCE, WACV 2024); inputs/outputs RGB in [-1, 1]",
+            epoch=self.epoch, step=self.global_step, last_epoch_losses=self.history[-1] if self.history else {})
+        atomic_write_json(self.out / CARD, card)
+
+    def curve_panels(self) -> list[Panel]:
+        steps = [c["step"] for c in self.curve]
+
+        def lines(keys, rename=lambda key: key):
+            return {rename(k): [c.get(k) for c in self.curve] for k in keys if self.curve and k in self.curve[0]}
+
+        return [Panel("generator terms (weighted)", "step", steps, lines(("g", "gan", "nce", "tps"))),
+                Panel("discriminator (LSGAN)", "step", steps, lines(("d", "d_real", "d_fake"))),
+                Panel("discriminator's mean score", "step", steps,
+                      lines(("score_rainy", "score_fake", "score_clear"), lambda k: k.replace("score_", "D(")))]
+
+
+def train_tpsence(
+    config: TPSeNCEConfig,
+    clear_images: Sequence[np.ndarray] | UnpairedDataset,
+    target_images: Sequence[np.ndarray] | None = None,
+    clear_labels: Sequence[np.ndarray] | None = None,
+    target_labels: Sequence[np.ndarray] | None = None,
+    *,
+    resume: bool = False,
+    on_step: Callable[[int, int, int, dict], None] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    on_resume: Callable[[list[str]], None] | None = None,
+    data_description: dict | None = None,
+    run_data: dict | None = None,
+) -> TrainResult:
+    """Train TPSeNCE on unpaired uint8 RGB clear and rainy images with their semantic label maps.
+
+    `clear_images` may also be a ready `UnpairedDataset` (then the other data arguments are
+    ignored). Label maps (e.g. from `rainkit.train.unpaired_data.segment_images` with ESPNet) are
+    needed for SeNCE; with `config.sence = False` they may be None (plain PatchNCE). Returns the
+    trained networks (`model`: the `TPSeNCE` module) and the exported generator (`exported`);
+    checkpoints and outputs go to `config.out`. `run_data` (the data arguments) is kept as
+    `data.json` in the run folder for `resume_unpaired_sources`.
+    """
+    config.validate()
+    if isinstance(clear_images, UnpairedDataset):
+        dataset = clear_images
+    else:
+        if target_images is None:
+            raise RainkitError("train_tpsence needs clear and rainy images")
+        dataset = UnpairedDataset(clear_images, target_images, clear_labels, target_labels, crop=config.crop,
+                                  load_size=config.load_size, flip=config.flip, seed=config.seed,
+                                  samples_per_epoch=config.samples_per_epoch)
+    if config.sence and config.lambda_nce > 0 and not dataset.has_labels:
+        raise RainkitError("SeNCE needs semantic label maps of the clear and rainy images "
+                           "(segment them with ESPNet), or set sence=false for plain PatchNCE")
+    trainer = TPSeNCETrainer(config, dataset, data_description=data_description, run_data=run_data)
+    return trainer.run(resume=resume, on_step=on_step, on_epoch=on_epoch, on_resume=on_resume)
