@@ -14,7 +14,7 @@ from rainkit.cli import benchmark  # noqa: F401,E402
 def main(argv: list[str] | None = None) -> int:
     from rich.markup import escape
 
-    from rainkit.cli.app import option_name
+    from rainkit.cli.app import option_name, say_options
     from rainkit.errors import ParameterError, RainkitError, RainkitWarning
 
     try:
@@ -22,12 +22,12 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("always", RainkitWarning)
             warnings.showwarning = _show_warning
             code = app(args=argv, prog_name="rainkit", standalone_mode=False)
-    except ParameterError as exc:
-        flag = option_name(_command(sys.argv[1:] if argv is None else argv), exc.parameter)
-        console.print(f"[red]error:[/red] {escape(flag)}: {escape(exc.detail)}", highlight=False, soft_wrap=True)
-        return 1
     except RainkitError as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        # Library errors name parameters (ParameterError's, or `name` in backticks); say them as this command's options.
+        command = _command(sys.argv[1:] if argv is None else argv)
+        text = (f"{option_name(command, exc.parameter)}: {exc.detail}" if isinstance(exc, ParameterError)
+                else str(exc))
+        console.print(f"[red]error:[/red] {escape(say_options(command, text))}", highlight=False, soft_wrap=True)
         return 1
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]")

@@ -39,6 +39,7 @@ OPTION_NAMES: dict[str, dict[str, str]] = {
     "generate": {"output": "PATHS (the output folder comes last)", "inputs": "PATHS", "frames_dir": "--frames"},
     "segment": {"inputs": "INPUTS"},
     "benchmark": {"models": "--model"},
+    "train": {"segmenter=espnet": "--segmenter espnet", "sence=false": "--set sence=false", "patch": "--set patch=N"},
 }
 
 
@@ -47,6 +48,13 @@ def option_name(command: str | None, parameter: str) -> str:
     if parameter.startswith("-"):
         return parameter
     return OPTION_NAMES.get(command or "", {}).get(parameter, "--" + parameter.replace("_", "-"))
+
+
+def say_options(command: str | None, text: str) -> str:
+    """A library message with the parameters it names in backticks (`seg_clear`) said as the command's options."""
+    import re
+
+    return re.sub(r"`([a-z][a-z0-9_]*(?:=[a-z0-9]+)?)`", lambda m: option_name(command, m.group(1)), text)
 
 
 def emit_text(destination: str, text: str) -> None:

@@ -51,11 +51,10 @@ def train_sapnet_command(
               "batch": batch, "lr": lr, "seed": seed, "device": device, "vgg_weights": vgg_weights,
               "lpips_weights": lpips_weights, "init": init}
     rank = int(os.environ.get("RANK", "0"))
-    with flag_names():
-        config = load_config(config_file, overrides, **direct)
-        if resume:  # the run's own settings, then this command's
-            config = load_run_config(load_config, config.out, config_file, overrides, **direct)
-        prepared = prepare_training_data(config)
+    config = load_config(config_file, overrides, **direct)
+    if resume:  # the run's own settings, then this command's
+        config = load_run_config(load_config, config.out, config_file, overrides, **direct)
+    prepared = prepare_training_data(config)
     _report_skipped(prepared.skipped, rank)
     if rank == 0:
         d = prepared.description
@@ -79,7 +78,7 @@ def train_sapnet_command(
         progress.console.print(f"epoch {record['epoch']}/{config.epochs}: {losses}{scores}  ({record['seconds']:.0f} s)",
                                highlight=False)
 
-    with flag_names(), _checkpoint_hint(Path(config.out), "sapnet", rank), progress:
+    with _checkpoint_hint(Path(config.out), "sapnet", rank), progress:
         result = train_sapnet(config, prepared.train, prepared.val_pairs, resume=resume, arch=arch, on_step=on_step,
                               on_epoch=on_epoch, on_resume=_report_resume(rank), data_description=prepared.description)
     if rank == 0:
@@ -110,26 +109,6 @@ def _ending(result) -> str:
 
 
 TPSENCE_DOMAINS = ("rain", "snow", "night")
-# How the library's errors name parameters (`name`), said as this command's flags.
-FLAGS = {"seg_clear": "--seg-clear", "seg_target": "--seg-target", "segmenter=espnet": "--segmenter espnet",
-         "sence=false": "--set sence=false", "segmenter": "--segmenter", "clear": "--clear", "target": "--target",
-         "out": "--out", "patch": "--set patch=N", "resume": "--resume"}
-
-
-@contextlib.contextmanager
-def flag_names():
-    """Say the parameters a library error names in backticks as this command's flags."""
-    from rainkit.errors import RainkitError
-
-    try:
-        yield
-    except RainkitError as exc:
-        text = str(exc)
-        for parameter, flag in FLAGS.items():
-            text = text.replace(f"`{parameter}`", flag)
-        if text == str(exc):
-            raise
-        raise type(exc)(text) from None
 
 
 def _report_skipped(skipped: list[str], rank: int) -> None:
@@ -230,18 +209,17 @@ def train_tpsence_command(
     def on_image(what: str, done: int, total: int) -> None:
         seg_progress.update(seg_task, completed=done, total=total, what=what)
 
-    with flag_names():
-        config = load_tpsence_config(config_file, overrides, **direct)
-        if out is None and config.out == TPSeNCEConfig.out:
-            config.out = f"runs/tpsence-{domain}"
-        if resume:  # the run's own settings and data folders, then this command's
-            config = load_run_config(load_tpsence_config, config.out, config_file, overrides, **direct)
-            sources = resume_unpaired_sources(config.out, sources)
-        if sources.segmenter:
-            with seg_progress:
-                data = prepare_unpaired_run(sources, config, on_image)
-        else:
-            data = prepare_unpaired_run(sources, config)
+    config = load_tpsence_config(config_file, overrides, **direct)
+    if out is None and config.out == TPSeNCEConfig.out:
+        config.out = f"runs/tpsence-{domain}"
+    if resume:  # the run's own settings and data folders, then this command's
+        config = load_run_config(load_tpsence_config, config.out, config_file, overrides, **direct)
+        sources = resume_unpaired_sources(config.out, sources)
+    if sources.segmenter:
+        with seg_progress:
+            data = prepare_unpaired_run(sources, config, on_image)
+    else:
+        data = prepare_unpaired_run(sources, config)
     _report_skipped(data.skipped, rank)
     run_dir, domain = Path(config.out), sources.domain
     if rank == 0:
@@ -269,7 +247,7 @@ def train_tpsence_command(
         progress.console.print(f"epoch {record['epoch']}/{config.epochs} (step {record['step']}, lr {record['lr']:.2e}): "
                                f"{text}  ({record['seconds']:.0f} s)", highlight=False, soft_wrap=True)
 
-    with flag_names(), _checkpoint_hint(run_dir, "tpsence", rank), progress:
+    with _checkpoint_hint(run_dir, "tpsence", rank), progress:
         result = train_tpsence(config, data.clear, data.target, data.clear_labels, data.target_labels, resume=resume,
                                on_step=on_step, on_epoch=on_epoch, on_resume=_report_resume(rank),
                                data_description=data.description, run_data=sources.to_run_data())
