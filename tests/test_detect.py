@@ -20,6 +20,7 @@ from rainkit.detect.metrics import (Detections, GroundTruth, MapAccumulator, ap_
 from rainkit.detect.runner import run_detect
 from rainkit.errors import RainkitError
 from tests.conftest import REPO, shared_file
+import tests.tolerances as TOL
 
 NAMES = {0: "person", 1: "car"}
 
@@ -28,7 +29,7 @@ NAMES = {0: "person", 1: "car"}
 
 def test_box_iou_hand_values():
     iou = box_iou([[0, 0, 10, 10]], [[5, 0, 15, 10], [0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 10, 7.2]])
-    np.testing.assert_allclose(iou[0], [50 / 150, 1.0, 0.0, 0.72], atol=1e-6)
+    np.testing.assert_allclose(iou[0], [50 / 150, 1.0, 0.0, 0.72], atol=TOL.FP32)
 
 
 def test_matching_is_greedy_one_to_one_and_class_aware():
@@ -50,9 +51,9 @@ def test_matching_is_greedy_one_to_one_and_class_aware():
 
 def test_compute_ap_perfect_and_partial():
     # One target found first: the COCO 101-point trapezoid gives 0.995, not 1.
-    assert compute_ap(np.array([1.0]), np.array([1.0])) == pytest.approx(0.995, abs=1e-12)
+    assert compute_ap(np.array([1.0]), np.array([1.0])) == pytest.approx(0.995, abs=TOL.EXACT64)
     # Half the targets found, then nothing: 0.49 + 0.01 * (1 + 0) / 2.
-    assert compute_ap(np.array([0.5]), np.array([1.0])) == pytest.approx(0.495, abs=1e-12)
+    assert compute_ap(np.array([0.5]), np.array([1.0])) == pytest.approx(0.495, abs=TOL.EXACT64)
 
 
 def test_map_hand_computed_two_images():
@@ -67,11 +68,11 @@ def test_map_hand_computed_two_images():
     ap_high = 0.49 + 0.01 * (1 + 2 / 3) / 2 + 0.49 * 2 / 3 + 0.01 * (2 / 3) / 2
     # Thresholds .75-.95: TP, FP, FP -> recall .5 throughout: 0.495.
     person = (5 * ap_high + 5 * 0.495) / 10
-    assert result.per_class[0]["ap50"] == pytest.approx(ap_high, abs=1e-9)
-    assert result.per_class[0]["ap50_95"] == pytest.approx(person, abs=1e-9)
+    assert result.per_class[0]["ap50"] == pytest.approx(ap_high, abs=TOL.SUM64)
+    assert result.per_class[0]["ap50_95"] == pytest.approx(person, abs=TOL.SUM64)
     assert result.per_class[1] == {"instances": 1, "ap50": 0.0, "ap50_95": 0.0}
-    assert result.map50 == pytest.approx(ap_high / 2, abs=1e-9)  # 0.414167
-    assert result.map50_95 == pytest.approx(person / 2, abs=1e-9)  # 0.330833
+    assert result.map50 == pytest.approx(ap_high / 2, abs=TOL.SUM64)  # 0.414167
+    assert result.map50_95 == pytest.approx(person / 2, abs=TOL.SUM64)  # 0.330833
     assert (result.images, result.instances) == (2, 3)
 
 
@@ -80,7 +81,7 @@ def test_background_images_count_false_positives():
     acc.add(Detections([[0, 0, 10, 10]], [0.6], [0]), GroundTruth([[0, 0, 10, 10]], [0]))
     acc.add(Detections([[0, 0, 10, 10]], [0.9], [0]), GroundTruth(np.zeros((0, 4)), []))  # background
     # The false positive ranks first: precision 0 then 0.5 at recall 1 -> envelope 0.5 everywhere.
-    assert acc.result().map50 == pytest.approx(0.5 * 0.995, abs=1e-9)
+    assert acc.result().map50 == pytest.approx(0.5 * 0.995, abs=TOL.SUM64)
 
 
 def test_recovered_share_and_recall():
@@ -132,8 +133,8 @@ def test_matches_ultralytics_functions_on_random_sets(isolated_cache):
     ul = ul_ap_per_class(tp, conf, pred_cls, target_cls)
     classes, ap, _ = ap_per_class(tp, conf, pred_cls, target_cls)
     np.testing.assert_array_equal(classes, ul[6])
-    np.testing.assert_allclose(ap, ul[5], atol=1e-9)
-    assert ours.result().map50_95 == pytest.approx(ul[5].mean(), abs=1e-9)
+    np.testing.assert_allclose(ap, ul[5], atol=TOL.SUM64)
+    assert ours.result().map50_95 == pytest.approx(ul[5].mean(), abs=TOL.SUM64)
 
 
 def test_letterbox_round_trip():
@@ -142,7 +143,7 @@ def test_letterbox_round_trip():
     image, params = letterbox(np.zeros((100, 50, 3), np.uint8), (640, 640))
     assert image.shape == (640, 640, 3) and image[0, 0, 0] == 114 and image[0, 200, 0] == 0
     back = unletterbox(np.array([[160, 0, 480, 640]], np.float32), params)
-    np.testing.assert_allclose(back, [[0, 0, 50, 100]], atol=1e-4)
+    np.testing.assert_allclose(back, [[0, 0, 50, 100]], atol=TOL.BOX_PIXELS)
 
 
 # --- labels ------------------------------------------------------------------------------------------
@@ -395,8 +396,8 @@ def test_real_openvino_model_agrees_with_ultralytics_val(tmp_path, isolated_cach
                                                      verbose=False)
     # The brief asks for 0.005; the same detections scored the same way agree to rounding. A looser match would
     # hide, e.g., Ultralytics' fallback NMS (used while torchvision is not imported) picking other boxes.
-    assert ours.map50 == pytest.approx(metrics.box.map50, abs=1e-4)
-    assert ours.map50_95 == pytest.approx(metrics.box.map, abs=1e-4)
+    assert ours.map50 == pytest.approx(metrics.box.map50, abs=TOL.ULTRALYTICS_MAP)
+    assert ours.map50_95 == pytest.approx(metrics.box.map, abs=TOL.ULTRALYTICS_MAP)
     # Ultralytics' settings live in a rainkit cache (this test session's), not in ~/.config.
     from ultralytics.utils import SETTINGS
 

@@ -12,6 +12,7 @@ from rainkit.hub import create_model
 from rainkit.losses.perceptual import (ContrastiveLoss, LPIPSLoss, SegmentationFocalLoss, VGGFeatures,
                                        load_lpips_linear, load_vgg16_features)
 from rainkit.losses.ssim import SSIMLoss, ssim
+import tests.tolerances as TOL
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,7 @@ def test_lpips_loss_moves_parameters(trunk):
                       [torch.rand(c) for c in channels])
     _moves_derain_params(lambda out, clean, rainy: lpips(out, clean))
     x = torch.rand(1, 3, 32, 32)
-    assert float(lpips(x, x)) == pytest.approx(0.0, abs=1e-7)
+    assert float(lpips(x, x)) == pytest.approx(0.0, abs=TOL.ZERO_FP32)
 
 
 def test_segmentation_focal_loss_moves_parameters():
@@ -93,4 +94,4 @@ def test_l1_term_moves_parameters_and_sees_the_tone_shift_ssim_misses():
     shifted = clean - 0.025  # a uniform darkening, as a veil wrongly removed
     ssim_cost = 1 - float(ssim(shifted, clean))
     l1_cost = float(l1(shifted, clean, clean))
-    assert ssim_cost < 0.005 and l1_cost == pytest.approx(0.025, abs=1e-6), (ssim_cost, l1_cost)
+    assert ssim_cost < 0.005 and l1_cost == pytest.approx(0.025, abs=TOL.FP32), (ssim_cost, l1_cost)

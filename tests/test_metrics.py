@@ -20,6 +20,7 @@ from rainkit.data.images import read_image, to_uint8
 from rainkit.errors import MetricNotApplicable, ParameterError, RainkitError
 from rainkit.metrics import (METRICS, create_metric, crop_border, full_reference_scores, get_metric, parse_metrics, psnr,
                              register_metric, rgb_to_y, ssim)
+import tests.tolerances as TOL
 
 PEAK2 = 255.0 ** 2
 
@@ -36,9 +37,9 @@ PEAK2 = 255.0 ** 2
 ])
 def test_y_is_matlab_rgb2ycbcr_luma(rgb, y):
     image = np.array(rgb, dtype=np.uint8).reshape(1, 1, 3)
-    assert rgb_to_y(image)[0, 0] == pytest.approx(y, abs=1e-12)
+    assert rgb_to_y(image)[0, 0] == pytest.approx(y, abs=TOL.EXACT64)
     # float input on the same 0..255 scale gives the same, unrounded double
-    assert rgb_to_y(image.astype(np.float32))[0, 0] == pytest.approx(y, abs=1e-9)
+    assert rgb_to_y(image.astype(np.float32))[0, 0] == pytest.approx(y, abs=TOL.SUM64)
     assert rgb_to_y(image).dtype == np.float64
 
 
@@ -53,16 +54,16 @@ def test_y_rejects_non_rgb():
 def test_psnr_of_known_mse(delta):
     a = np.full((8, 9, 3), 100, np.uint8)
     b = a + np.uint8(delta)
-    assert psnr(a, b) == pytest.approx(10 * math.log10(PEAK2 / delta ** 2), abs=1e-12)
+    assert psnr(a, b) == pytest.approx(10 * math.log10(PEAK2 / delta ** 2), abs=TOL.EXACT64)
     # MSE 1 at peak 255 is 48.1308 dB
     if delta == 1:
-        assert psnr(a, b) == pytest.approx(48.13080360867910, abs=1e-12)
+        assert psnr(a, b) == pytest.approx(48.13080360867910, abs=TOL.EXACT64)
 
 
 def test_psnr_mixed_errors_and_identity():
     a = np.zeros((2, 2), np.float64)
     b = np.array([[0.0, 2.0], [4.0, 0.0]])  # MSE = (4 + 16) / 4 = 5
-    assert psnr(a, b) == pytest.approx(10 * math.log10(PEAK2 / 5.0), abs=1e-12)
+    assert psnr(a, b) == pytest.approx(10 * math.log10(PEAK2 / 5.0), abs=TOL.EXACT64)
     assert psnr(a, a) == math.inf
     with pytest.raises(ValueError):
         psnr(a, np.zeros((2, 3)))
@@ -75,7 +76,7 @@ def test_psnr_y_and_rgb_of_grey_images_differ_by_the_luma_gain():
     noisy = np.clip(grey.astype(int) + rng.integers(-9, 10, grey.shape), 0, 255).astype(np.uint8)
     a, b = np.repeat(grey[..., None], 3, 2), np.repeat(noisy[..., None], 3, 2)
     scores = full_reference_scores(a, b)
-    assert scores["psnr_y"] - scores["psnr_rgb"] == pytest.approx(-20 * math.log10(219 / 255), abs=1e-9)
+    assert scores["psnr_y"] - scores["psnr_rgb"] == pytest.approx(-20 * math.log10(219 / 255), abs=TOL.SUM64)
 
 
 # --- SSIM ----------------------------------------------------------------------------------------
@@ -83,8 +84,8 @@ def test_psnr_y_and_rgb_of_grey_images_differ_by_the_luma_gain():
 def test_ssim_identity_is_one():
     rng = np.random.default_rng(2)
     a = rng.integers(0, 256, (30, 31, 3)).astype(np.uint8)
-    assert ssim(a, a) == pytest.approx(1.0, abs=1e-12)
-    assert full_reference_scores(a, a)["ssim_y"] == pytest.approx(1.0, abs=1e-12)
+    assert ssim(a, a) == pytest.approx(1.0, abs=TOL.EXACT64)
+    assert full_reference_scores(a, a)["ssim_y"] == pytest.approx(1.0, abs=TOL.EXACT64)
     assert full_reference_scores(a, a)["psnr_y"] == math.inf
 
 
@@ -92,7 +93,7 @@ def test_ssim_of_constant_images_closed_form():
     # No variance, no covariance: SSIM = (2 m1 m2 + C1) / (m1^2 + m2^2 + C1).
     c1 = (0.01 * 255) ** 2
     a, b = np.full((16, 16), 100.0), np.full((16, 16), 110.0)
-    assert ssim(a, b) == pytest.approx((2 * 100 * 110 + c1) / (100 ** 2 + 110 ** 2 + c1), abs=1e-12)
+    assert ssim(a, b) == pytest.approx((2 * 100 * 110 + c1) / (100 ** 2 + 110 ** 2 + c1), abs=TOL.EXACT64)
 
 
 def _ssim_reference(a: np.ndarray, b: np.ndarray) -> float:
@@ -114,9 +115,9 @@ def test_ssim_reference_pair():
     a = rng.integers(0, 256, (24, 32)).astype(np.float64)
     b = np.clip(a + rng.normal(0, 20, a.shape), 0, 255).round()
     value = ssim(a, b)
-    assert value == pytest.approx(_ssim_reference(a, b), abs=1e-12)
-    assert value == pytest.approx(0.9718162456651496, abs=1e-12)  # golden
-    assert psnr(a, b) == pytest.approx(22.731372843238887, abs=1e-12)
+    assert value == pytest.approx(_ssim_reference(a, b), abs=TOL.EXACT64)
+    assert value == pytest.approx(0.9718162456651496, abs=TOL.EXACT64)  # golden
+    assert psnr(a, b) == pytest.approx(22.731372843238887, abs=TOL.EXACT64)
 
 
 def test_ssim_valid_borders_need_more_than_the_window():
@@ -125,7 +126,7 @@ def test_ssim_valid_borders_need_more_than_the_window():
     # 'valid': an 11x11 image has exactly one window position
     rng = np.random.default_rng(3)
     a, b = rng.random((11, 11)) * 255, rng.random((11, 11)) * 255
-    assert ssim(a, b) == pytest.approx(_ssim_reference(a, b), abs=1e-12)
+    assert ssim(a, b) == pytest.approx(_ssim_reference(a, b), abs=TOL.EXACT64)
 
 
 def test_ssim_rgb_averages_channels():
@@ -133,7 +134,7 @@ def test_ssim_rgb_averages_channels():
     a = rng.integers(0, 256, (20, 22, 3)).astype(np.uint8)
     b = np.clip(a.astype(int) + rng.integers(-30, 31, a.shape), 0, 255).astype(np.uint8)
     per_channel = [_ssim_reference(a[..., c].astype(float), b[..., c].astype(float)) for c in range(3)]
-    assert full_reference_scores(a, b)["ssim_rgb"] == pytest.approx(np.mean(per_channel), abs=1e-12)
+    assert full_reference_scores(a, b)["ssim_rgb"] == pytest.approx(np.mean(per_channel), abs=TOL.EXACT64)
 
 
 def test_crop_border():
@@ -225,7 +226,7 @@ def test_rain100l_rainy_inputs_golden(number):
     scores = full_reference_scores(a, b)
     expected = dict(zip(["psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb"], RAIN100L_RAINY[number]))
     for name, value in expected.items():
-        assert scores[name] == pytest.approx(value, abs=1e-9), name
+        assert scores[name] == pytest.approx(value, abs=TOL.SUM64), name
 
 
 # --- NIQE / BRISQUE ---------------------------------------------------------------------------------
@@ -269,8 +270,8 @@ def test_niqe_brisque_calibration_offline(name, no_network, no_reference_metrics
     niqe, brisque = no_reference_metrics
     rgb = to_uint8(read_image(path).rgb, "round")
     expected_niqe, expected_brisque = CALIBRATION[name]
-    assert niqe(rgb, name=name) == pytest.approx(expected_niqe, abs=0.01)
-    assert brisque(rgb, name=name) == pytest.approx(expected_brisque, abs=0.01)
+    assert niqe(rgb, name=name) == pytest.approx(expected_niqe, abs=TOL.IQA_CALIBRATION)
+    assert brisque(rgb, name=name) == pytest.approx(expected_brisque, abs=TOL.IQA_CALIBRATION)
 
 
 def test_niqe_and_brisque_refuse_what_they_cannot_score(no_network, no_reference_metrics):
@@ -302,4 +303,4 @@ def test_niqe_scores_one_block_as_pyiqa_does(no_network, no_reference_metrics):
     image = cv2.GaussianBlur(rng.integers(0, 256, (107, 160, 3)).astype(np.uint8), (5, 5), 1.0)
     value = niqe(image, name="160x107.png")
     assert math.isfinite(value)
-    assert niqe(np.ascontiguousarray(image[:96, :96]), name="96x96.png") == pytest.approx(value, abs=1e-9)
+    assert niqe(np.ascontiguousarray(image[:96, :96]), name="96x96.png") == pytest.approx(value, abs=TOL.SUM64)

@@ -15,6 +15,7 @@ from rainkit.models.tpsence import ResnetGenerator, init_weights, l2_normalize
 from rainkit.train.tpsence_config import TINY_OVERRIDES, load_tpsence_config
 from rainkit.train.tpsence_objective import TPSeNCE
 from tests.conftest import rainy_like, run_two_ranks, state_digest
+import tests.tolerances as TOL
 
 
 def _tiny(*extra):
@@ -64,12 +65,12 @@ def test_sinkhorn_meets_its_marginals():
     torch.manual_seed(0)
     kernel = torch.exp(torch.randn(3, 64, 64))
     plan = sinkhorn(kernel, 50)
-    torch.testing.assert_close(plan.sum(1), torch.ones(3, 64), atol=1e-5, rtol=0)  # columns: exact after the last step
-    torch.testing.assert_close(plan.sum(2), torch.ones(3, 64), atol=1e-3, rtol=0)  # rows: converged
+    torch.testing.assert_close(plan.sum(1), torch.ones(3, 64), atol=TOL.FP32_SUM, rtol=0)  # columns: exact after the last step
+    torch.testing.assert_close(plan.sum(2), torch.ones(3, 64), atol=TOL.CONVERGED, rtol=0)  # rows: converged
     q = l2_normalize(torch.randn(2, 32, 16), dim=2)
     k = l2_normalize(torch.randn(2, 32, 16), dim=2)
     weights = sence_weights(q, k, torch.tensor([0.2, 0.9]), iterations=50)
-    torch.testing.assert_close(weights.sum(2), torch.full((2, 32), 31.0), atol=0.05, rtol=0)  # (N - 1) per anchor
+    torch.testing.assert_close(weights.sum(2), torch.full((2, 32), 31.0), atol=TOL.SINKHORN_WEIGHT_SUM, rtol=0)  # (N - 1) per anchor
     assert float(weights.diagonal(dim1=1, dim2=2).max()) < 1e-3  # the positive is not a negative
 
 
@@ -96,7 +97,7 @@ def test_ot_weights_follow_semantic_similarity():
     i, j = divmod(int(torch.where(off, sim, torch.tensor(-2.0)).argmax()), 48)  # the hardest negative overall
     assert w_disjoint[i, j] > 1.0 > w_same[i, j]
     _, w_half = correlation(0.5)
-    torch.testing.assert_close(w_half[off], torch.ones(48 * 47), atol=1e-3, rtol=0)
+    torch.testing.assert_close(w_half[off], torch.ones(48 * 47), atol=TOL.CONVERGED, rtol=0)
 
 
 def test_sence_is_patchnce_reweighted_and_batch_agnostic():
@@ -111,14 +112,14 @@ def test_sence_is_patchnce_reweighted_and_batch_agnostic():
     pos = logits.diagonal(dim1=1, dim2=2)
     neg = logits.masked_fill(torch.eye(n, dtype=torch.bool), -10.0 / 0.07)
     expected = torch.logsumexp(torch.cat([pos[:, :, None], neg], 2), 2) - pos
-    torch.testing.assert_close(loss, expected.reshape(-1), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(loss, expected.reshape(-1), atol=TOL.FP32_LOSS, rtol=TOL.FP32_SUM)
     # uniform plan (mPA 0.5): the same as PatchNCE
-    torch.testing.assert_close(sence_loss(q, k, torch.full((3,), 0.5), n), loss, atol=2e-3, rtol=0)
+    torch.testing.assert_close(sence_loss(q, k, torch.full((3,), 0.5), n), loss, atol=TOL.SENCE_VS_PATCHNCE, rtol=0)
     # per image: a batch of 3 equals three batches of 1 (no mixing, nothing tied to a batch or device count)
     mpa = torch.tensor([0.1, 0.6, 0.95])
     whole = sence_loss(q, k, mpa, n)
     parts = torch.cat([sence_loss(q[i * n:(i + 1) * n], k[i * n:(i + 1) * n], mpa[i:i + 1], n) for i in range(3)])
-    torch.testing.assert_close(whole, parts, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(whole, parts, atol=TOL.FP32_SUM, rtol=TOL.FP32_SUM)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the trainer's CUDA autocast must not reach Sinkhorn
         in_autocast = sence_loss(q, k, mpa, n)
     assert in_autocast.dtype == torch.float32 and torch.equal(in_autocast, whole)
@@ -152,7 +153,7 @@ def test_tps_moves_the_generator_through_a_frozen_discriminator():
     # D's mean scores are reported as diagnostics and take no part in the loss
     with torch.no_grad():
         for name, images in (("score_fake", fake), ("score_clear", x), ("score_rainy", y)):
-            assert float(terms[name]) == pytest.approx(float(model.discriminator(images).mean()), abs=1e-6)
+            assert float(terms[name]) == pytest.approx(float(model.discriminator(images).mean()), abs=TOL.FP32)
             assert not terms[name].requires_grad
     assert float(terms["g"].detach()) == pytest.approx(float(terms["tps"].detach()))
     terms["g"].backward()
@@ -412,4 +413,4 @@ def test_generation_never_resizes():
     with torch.no_grad():
         reference = model(torch.nn.functional.pad(x, (0, 3, 0, 3), mode="reflect"))[0, :, :37, :53]
     assert out.shape == (37, 53, 3)
-    np.testing.assert_allclose(out, ((reference + 1) / 2).numpy().transpose(1, 2, 0), atol=1e-6)
+    np.testing.assert_allclose(out, ((reference + 1) / 2).numpy().transpose(1, 2, 0), atol=TOL.FP32)

@@ -13,6 +13,7 @@ import torch
 from rainkit.cli import main
 from rainkit.train.tpsence_config import TINY_OVERRIDES
 from tests.conftest import rainy_like, shared_file
+import tests.tolerances as TOL
 
 # batch 2, 2 samples an epoch: 1 step per epoch, 2 epochs (1 constant + 1 decay)
 TINY = [arg for o in TINY_OVERRIDES + ["samples_per_epoch=2", "plot_curves=false"] for arg in ("--set", o)]
@@ -218,8 +219,8 @@ def test_work_width_adds_weather_made_at_that_width_to_the_full_resolution_photo
     # exactly: the photo plus the generator's change at 40x30, resized back
     small = cv2.resize(rgb, (40, 30), interpolation=cv2.INTER_AREA)
     change = cv2.resize(native.generate(small) - small, (80, 60), interpolation=cv2.INTER_LINEAR)
-    assert np.allclose(out, np.clip(rgb + change, 0, 1), atol=1e-6)
-    assert not np.allclose(out, native.generate(rgb), atol=1e-3)
+    assert np.allclose(out, np.clip(rgb + change, 0, 1), atol=TOL.FP32)
+    assert not np.allclose(out, native.generate(rgb), atol=TOL.CONVERGED)
     # a work width at or above the image's width is the native pass
     assert np.array_equal(load_generator(tiny_generator_file, work_width=80).generate(rgb), native.generate(rgb))
     src = tmp_path / "a.png"

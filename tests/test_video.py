@@ -17,6 +17,7 @@ from rainkit.synth.motion import MovingWeather, flicker  # noqa: E402
 from rainkit.synth.physics import synthesize  # noqa: E402
 from rainkit.video import probe_video  # noqa: E402
 from rainkit.video.pipeline import EncodeSettings, process_video  # noqa: E402
+import tests.tolerances as TOL  # noqa: E402
 
 
 def make_clip(path: Path, frames: int = 24, width: int = 48, height: int = 32, fps: int = 10, audio: bool = True,
@@ -117,7 +118,7 @@ def test_generated_rain_moves_between_frames_and_is_reproducible(clip, tmp_path)
     assert not np.array_equal(first, second)
     # Each layer is the one before shifted along its fall direction: the field moves, it is not redrawn.
     shifted = sum(np.roll(layer.field, (round(layer.dy), round(layer.dx)), axis=(0, 1)) for layer in weather.layers)
-    np.testing.assert_allclose(second, shifted, atol=1e-6)
+    np.testing.assert_allclose(second, shifted, atol=TOL.FP32)
 
 
 def test_moving_rain_flickers_less_than_independent_frames():

@@ -1,0 +1,32 @@
+"""Every tolerance the tests compare numbers with, in one place (as kornia keeps its tolerances), each with why it
+is the size it is. A test that needs a looser one adds it here with its reason, rather than a literal in the test."""
+
+# float64 closed forms (PSNR of a constant difference, SSIM of one window, AP of a few boxes): only rounding.
+EXACT64 = 1e-12
+# float64 reductions over many pixels or boxes, and golden numbers quoted to about ten digits.
+SUM64 = 1e-9
+# float32 values of order 1 computed two ways (IoU, compositing an image, a rolled field).
+FP32 = 1e-6
+# float32 reductions in another order (a loss over chunks vs at once, tiles vs the whole image).
+FP32_SUM = 1e-5
+# float32 losses with terms of order 10 (patch NCE logits).
+FP32_LOSS = 1e-4
+# Box coordinates mapped through a letterbox and back in float32 pixels.
+BOX_PIXELS = 1e-4
+# mAP against Ultralytics' `val`, which matches boxes in float32.
+ULTRALYTICS_MAP = 1e-4
+# ONNX runtime against torch on the same graph (issue 18's parity target).
+ONNX = 1e-4
+# Iterative algorithms stopped after a fixed number of steps (Sinkhorn's row sums after 50 iterations).
+CONVERGED = 1e-3
+# SeNCE's weights sum to N - 1 per anchor only up to Sinkhorn's convergence, summed over 31 terms.
+SINKHORN_WEIGHT_SUM = 0.05
+# SeNCE with a uniform agreement against plain PatchNCE: the same up to the transport plan's convergence.
+SENCE_VS_PATCHNCE = 2e-3
+# NIQE/BRISQUE against IQA-PyTorch's calibration table (issue 17: agree within 0.01).
+IQA_CALIBRATION = 0.01
+# Figures of the official test scripts as they print them: PSNR to 4 decimals of dB, SSIM to 5.
+PUBLISHED_PSNR = 0.005
+PUBLISHED_SSIM = 0.0002
+# A term that is zero in exact arithmetic (LPIPS of an image with itself) after float32 convolutions.
+ZERO_FP32 = 1e-7
