@@ -176,20 +176,31 @@ class RecurrentDerainNet(nn.Module):
                 feat = F.conv2d(x, conv0.weight[:, :3] + conv0.weight[:, 3:], conv0.bias, padding=1).relu()
                 i, g, o = (F.conv2d(feat, gate.weight[:, :width], gate.bias, padding=1) for gate in (gate_i, gate_g, gate_o))
                 c = i.sigmoid_().mul_(g.tanh_()) if fast else torch.sigmoid(i) * torch.tanh(g)
+                del feat, i, g
             else:
-                joint = torch.cat((conv0(torch.cat((x, estimate), 1)).relu(), h), 1)
+                feat = conv0(torch.cat((x, estimate), 1))
+                joint = torch.cat((feat.relu_() if fast else feat.relu(), h), 1)
                 # Four 64->32 convolutions rather than one 64->128: oneDNN runs them faster on CPU and
                 # each gate comes out contiguous for the elementwise work.
-                i, f, g, o = (gate(joint) for gate in (gate_i, gate_f, gate_g, gate_o))
                 if fast:
-                    c = c.mul_(f.sigmoid_()).addcmul_(i.sigmoid_(), g.tanh_())
+                    # Memory: h lives on only inside `joint`, and each gate is used up as soon as it is
+                    # made, so at most 5 full-size maps are alive here (joint counts 2) instead of 9.
+                    del feat, h
+                    c.mul_(gate_f(joint).sigmoid_())
+                    c.addcmul_(gate_i(joint).sigmoid_(), gate_g(joint).tanh_())
+                    o = gate_o(joint)
+                    del joint
                 else:
+                    i, f, g, o = (gate(joint) for gate in (gate_i, gate_f, gate_g, gate_o))
                     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                    del feat, joint, i, f, g
             h = torch.tanh(c).mul_(o.sigmoid_()) if fast else torch.sigmoid(o) * torch.tanh(c)
+            del o
             out = h
             for index, block in enumerate(self.res_blocks):
                 out = self._block(block, out, pooled, fast, x_nonnegative=index > 0)
             estimate = self.conv(out) + x
+            del out  # the last block's output is not needed while the next stage runs
             if return_stages:
                 estimates.append(estimate)
         return (estimate, estimates) if return_stages else estimate
