@@ -166,7 +166,8 @@ def run_tiled(forward: TileForward, image: torch.Tensor, *, tile: int, halo: int
 
     `forward(index, tile_input, stats)` gets the tile's index in the plan, its input (a CPU view of
     `image`; moving it to the device is the forward's job) and `stats`, and returns the network's
-    output for that input (any device and float dtype), or None during the record sweeps. With
+    output for that input (any device and float dtype); in the record sweeps its result is ignored
+    and it may stop early and return None. With
     `stats`, `record_sweeps` sweeps record (module doc) and `stats.fix()` follows each; without,
     every tile uses its own statistics. `on_tile(done, total)` reports each step of every sweep.
     """
