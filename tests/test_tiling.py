@@ -156,6 +156,8 @@ def test_engines_share_device_precision_and_describe():
         _derainer("prenet", 0, precision="fp16")
     with pytest.raises(RainkitError, match="--tile must be 0"):
         _derainer("prenet", -8)
+    with pytest.raises(RainkitError, match="work width must be 0"):
+        WeatherGenerator(create_model("tpsence", "tiny"), "cpu", work_width=-1)
 
 
 def test_loaded_engine_records_its_weights(tiny_sapnet_file, tmp_path):
