@@ -72,10 +72,11 @@ def worker(args) -> None:
 
 
 def _seam_lines(height: int, width: int, tile: int, halo: int, blend: int) -> tuple[list[int], list[int]]:
-    from rainkit.tpsence.generate import plan_aligned_tiles
+    from rainkit.tiling import plan_tiles
+    from rainkit.tpsence.generate import ALIGN
 
     padded_h, padded_w = -(-height // 4) * 4, -(-width // 4) * 4
-    boxes = plan_aligned_tiles(padded_h, padded_w, tile, halo, blend)
+    boxes = plan_tiles(padded_h, padded_w, tile, halo, blend, align=ALIGN)
     rows = sorted({b.core[0] for b in boxes if 0 < b.core[0] < height})
     cols = sorted({b.core[2] for b in boxes if 0 < b.core[2] < width})
     return rows, cols

@@ -1,4 +1,4 @@
-"""TPSeNCE generation speed: rainkit's Generator vs the plain eager forward of the same generator.
+"""TPSeNCE generation speed: rainkit's WeatherGenerator vs the plain eager forward of the same generator.
 
 Each variant runs in a fresh process on the same image and the same weights (a generator with
 fixed random weights, saved once in rainkit's format: speed does not depend on training):

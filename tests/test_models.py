@@ -56,11 +56,12 @@ def test_pooled_stats_with_true_means_reproduce_whole_image():
     torch.manual_seed(0)
     model = create_model("sapnet", "tiny").eval()
     x = _image_tensor()
+    stats = PooledStats()
     with torch.no_grad():
-        record = PooledStats(mode="record")
-        whole = model(x, pooled=record)
-        fixed = model(x, pooled=record.finalize())
-    assert len(record.sums) == 2 * 2 * 2  # stages x blocks x CRA layers per block
+        whole = model(x, pooled=stats)  # records every CRA layer over the whole image
+        stats.fix()
+        fixed = model(x, pooled=stats)  # pools to the recorded means
+    assert sorted(stats.mean) == list(range(2 * 2 * 2))  # stages x blocks x CRA layers per block
     assert torch.allclose(whole, fixed, atol=1e-6)
 
 

@@ -374,41 +374,42 @@ def _random_generator(gain=1.0):
 
 def test_tiled_generation_equals_the_whole_image_pass():
     """Tolerance: 1e-4 absolute on [0, 1] outputs (measured ~1e-7 to 1e-5: summation order only)."""
-    from rainkit.tpsence.generate import Generator
+    from rainkit.tpsence.generate import WeatherGenerator
 
     model = _random_generator()
     image = rainy_like(75, 98, seed=4)  # not a multiple of 4: padded, then cropped back
-    whole = Generator(model, torch.device("cpu"), tile=0).generate(image)
-    tiler = Generator(model, torch.device("cpu"), tile=32)
+    whole = WeatherGenerator(model, torch.device("cpu"), tile=0).generate(image)
+    tiler = WeatherGenerator(model, torch.device("cpu"), tile=32)
     tiled = tiler.generate(image)
     assert tiler.last_tile == 32 and tiler.effective_halo == 40  # receptive radius 37, rounded up to 4
     assert whole.shape == tiled.shape == (75, 98, 3)
     assert np.abs(tiled - whole).max() < 1e-4
-    budget = Generator(model, torch.device("cpu"), memory_budget=300_000)  # automatic tile from a small budget
+    budget = WeatherGenerator(model, torch.device("cpu"), memory_budget=300_000)  # automatic tile from a small budget
     assert np.abs(budget.generate(image) - whole).max() < 1e-4 and budget.last_tile > 0
 
 
 def test_tile_local_statistics_would_show_seams():
     """The check above is sensitive: normalising each tile with its own statistics is far off."""
-    from rainkit.tpsence.generate import pad_to_multiple, plan_aligned_tiles
+    from rainkit.tiling import plan_tiles
+    from rainkit.tpsence.generate import ALIGN, pad_to_multiple
 
     model = _random_generator()
     x = pad_to_multiple(torch.from_numpy(rainy_like(75, 98, seed=4).transpose(2, 0, 1).copy())[None] * 2 - 1)
     with torch.no_grad():
         whole = model(x)
         naive = torch.zeros_like(whole)
-        for box in plan_aligned_tiles(x.shape[2], x.shape[3], 32, 40, 0):
+        for box in plan_tiles(x.shape[2], x.shape[3], 32, 40, 0, align=ALIGN):
             (iy0, iy1, ix0, ix1), (y0, y1, x0, x1) = box.inp, box.core
             naive[:, :, y0:y1, x0:x1] = model(x[:, :, iy0:iy1, ix0:ix1])[:, :, y0 - iy0:y1 - iy0, x0 - ix0:x1 - ix0]
     assert float((naive - whole).abs().max()) > 0.1
 
 
 def test_generation_never_resizes():
-    from rainkit.tpsence.generate import Generator
+    from rainkit.tpsence.generate import WeatherGenerator
 
     model = _random_generator(0.02)
     image = rainy_like(37, 53, seed=5)
-    out = Generator(model, torch.device("cpu"), tile=0).generate(image)
+    out = WeatherGenerator(model, torch.device("cpu"), tile=0).generate(image)
     x = torch.from_numpy(image.transpose(2, 0, 1).copy())[None] * 2 - 1
     with torch.no_grad():
         reference = model(torch.nn.functional.pad(x, (0, 3, 0, 3), mode="reflect"))[0, :, :37, :53]

@@ -1,4 +1,4 @@
-"""Deraining: the loaded-model engine, tiling, and batch processing of files."""
+"""Deraining: the loaded-model engine and batch processing of files (the tiler is `rainkit.tiling`)."""
 
 from rainkit.derain.engine import Derainer, load_derainer
 

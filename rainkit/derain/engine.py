@@ -1,33 +1,35 @@
-"""The Derainer: one loaded deraining model plus how to run it (device, precision, tiling)."""
+"""The Derainer: a loaded deraining model plus how to run it (an `InferenceEngine` that tiles)."""
 
 from __future__ import annotations
 
 import ctypes
-import math
 import ctypes.util
 import os
 import sys
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
+from torch import nn
 
-from rainkit.derain.tiling import run_tiled
+from rainkit.engine import TiledEngine
 from rainkit.errors import RainkitError
-from rainkit.hub import load_model, resolve_device, resolve_precision
-from rainkit.models.recurrent import RecurrentDerainNet
+from rainkit.models.recurrent import PooledStats, RecurrentDerainNet
+from rainkit.tiling import run_tiled
 
 # Context kept around each tile. The theoretical receptive radius of SAPNet is 390 px (six stages
 # of 65), but the influence of far pixels decays fast. Measured on a 1024x768 photo with 256 px
-# tiles (bench/derain_tiling.py): halo 64 gives 79 dB PSNR to the untiled output with global
-# pooling statistics (58 dB with tile-local pooling); halo 128 gives 82 dB at 1.6x the time.
+# tiles and the official weights (bench/derain_tiling.py): halo 64 with whole-image pooling
+# statistics gives 79 dB PSNR to the untiled float output, 64 dB on the 8-bit images written (at
+# most 1 grey level apart). Earlier runs measured 58 dB (float) with tile-local pooling, and 82 dB
+# for halo 128 at 1.6x the time.
 DEFAULT_HALO = 64
 DEFAULT_BLEND = 16
-# Working memory per pixel during a forward pass, in units of (width x 4 bytes): measured peak for
-# the fast fp32 path is about 9 feature maps alive at once; 12 leaves room.
-_FEATURE_MAPS_ALIVE = 12
+# Working memory of a whole-image forward pass per pixel and feature channel, fp32 (half that for
+# 16-bit precisions): bench/derain_memory.py measured 1.16 GiB per megapixel of peak-RSS growth for
+# SAPNet (width 32) on a 1.6 MP photo, 39 bytes per pixel and channel; 40 plus 64 bytes per pixel
+# for the image, the output and their copies.
+_BYTES_PER_PIXEL_CHANNEL = 40
 
 _allocator_tuned = False
 
@@ -53,78 +55,41 @@ def tune_cpu_allocator() -> None:
         pass
 
 
-def _available_memory_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8 << 30
+class Derainer(TiledEngine):
+    """A ready-to-run deraining model (SAPNet, PReNet). Build it with `load_derainer`.
 
+    Large images run in tiles (`rainkit.tiling`): `halo` px of context (at most the network's
+    receptive radius) and `blend` px of blending per side; SAPNet's channel attention gets the
+    whole image's pooled means from a record sweep.
+    """
 
-def tile_for_budget(height: int, width: int, tile: int | None, memory_budget: int | None, device: torch.device,
-                    bytes_per_pixel: int, margin: int) -> int:
-    """The user's tile, or the largest square tile whose working memory fits the budget (0 = whole image).
+    def __init__(self, model: RecurrentDerainNet, device: torch.device | str, *, halo: int = DEFAULT_HALO,
+                 blend: int = DEFAULT_BLEND, **engine: Any) -> None:
+        super().__init__(model, device, halo=halo, blend=blend, **engine)
 
-    `margin` is the context each tile carries on a side (halo + blend). Without a given budget: half the
-    free GPU memory, or on the CPU 35% of available RAM capped at 1.2 GB (the process also holds the
-    image, the output and torch; 1.2 GB keeps a 12 MP photo under 2.5 GB resident)."""
-    if tile is not None:
-        return tile if 0 < tile < max(height, width) else 0
-    budget = memory_budget
-    if budget is None:
-        available = _available_memory_bytes(device)
-        budget = int(available * 0.5) if device.type == "cuda" else min(int(available * 0.35), 1200 << 20)
-    if height * width * bytes_per_pixel <= budget:
-        return 0
-    return max(64, int(math.sqrt(budget / bytes_per_pixel)) - 2 * margin)
+    @classmethod
+    def prepare_model(cls, model: nn.Module, arch: str, device: torch.device) -> RecurrentDerainNet:
+        if not isinstance(model, RecurrentDerainNet):
+            raise RainkitError(f"model '{arch}' is not a deraining network")
+        return model.to(memory_format=torch.channels_last) if device.type == "cpu" else model
 
+    def bytes_per_pixel(self) -> int:
+        per_channel = _BYTES_PER_PIXEL_CHANNEL if self.precision == "fp32" else _BYTES_PER_PIXEL_CHANNEL // 2
+        return self.model.width * per_channel + 64
 
-@dataclass
-class Derainer:
-    """A ready-to-run deraining model. Build it with `load_derainer`."""
+    def tile_margin(self) -> int:
+        return self.halo + self.blend
 
-    model: RecurrentDerainNet
-    model_name: str
-    weights_path: Path
-    weights_sha256: str
-    weights_name: str | None
-    device: torch.device
-    precision_name: str
-    tile: int | None  # None: automatic; 0: whole image
-    halo: int = DEFAULT_HALO
-    blend: int = DEFAULT_BLEND
-    memory_budget: int | None = None  # bytes; None: from available memory
-    last_tile: int = field(default=0, init=False)
-
-    @property
-    def precision(self) -> str:
-        return self.precision_name
-
-    @property
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
-
-    def _bytes_per_pixel(self) -> int:
-        element = 4 if self.precision_name == "fp32" else 2
-        return self.model.width * _FEATURE_MAPS_ALIVE * element + 64
-
-    def choose_tile(self, height: int, width: int) -> int:
-        """The tile size for an image: the user's, or the largest that fits the memory budget (0 = whole)."""
-        return tile_for_budget(height, width, self.tile, self.memory_budget, self.device, self._bytes_per_pixel(),
-                               self.halo + self.blend)
-
-    def _forward(self, x: torch.Tensor, pooled=None) -> torch.Tensor:
-        precision = resolve_precision(self.precision_name, self.device)
+    def _forward(self, x: torch.Tensor, pooled: PooledStats | None = None) -> torch.Tensor:
+        x = x.to(self.device)
         if self.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), precision.autocast():
+        with torch.inference_mode(), self.autocast():
             return self.model(x, pooled=pooled).float()
+
+    def forward_tile(self, index: int, x: torch.Tensor, pooled: PooledStats | None) -> torch.Tensor:
+        """`rainkit.tiling.run_tiled`'s view of the network: one tile's input to its output."""
+        return self._forward(x, pooled)
 
     def derain_tensor(self, x: torch.Tensor, on_tile: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """Derain a (1, 3, H, W) float tensor in [0, 1] on the CPU; returns the unclamped float output on the CPU."""
@@ -136,36 +101,18 @@ class Derainer:
         tile = self.choose_tile(height, width)
         self.last_tile = tile
         if tile == 0:
-            return self._forward(x.to(self.device)).cpu()
-        return run_tiled(self._forward, x, tile=tile, halo=min(self.halo, self.model.receptive_radius()),
-                         blend=self.blend, global_pooling=self.model.attention, device=self.device, on_tile=on_tile)
+            return self._forward(x).cpu()
+        stats = PooledStats() if self.model.attention else None
+        return run_tiled(self.forward_tile, x, tile=tile, halo=min(self.halo, self.model.receptive_radius()),
+                         blend=self.blend, stats=stats, on_tile=on_tile)
 
     def derain(self, rgb: np.ndarray, on_tile: Callable[[int, int], None] | None = None) -> np.ndarray:
         """Derain an H x W x 3 float32 RGB array in [0, 1]; returns H x W x 3 float32, not clamped."""
         x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32))[None]
         return self.derain_tensor(x, on_tile)[0].numpy().transpose(1, 2, 0)
 
-    def describe(self) -> dict:
-        return {
-            "model": self.model_name,
-            "weights": self.weights_name or str(self.weights_path),
-            "weights_sha256": self.weights_sha256,
-            "device": str(self.device),
-            "precision": self.precision_name,
-        }
-
 
 def load_derainer(model: str = "sapnet", weights: str | None = None, device: str = "auto", precision: str = "fp32",
                   tile: int | None = None, halo: int = DEFAULT_HALO) -> Derainer:
     """Load a deraining model ready to use: `load_derainer("prenet", "prenet.rain100l").derain(rgb)`."""
-    dev = resolve_device(device)
-    resolve_precision(precision, dev)
-    if tile is not None and tile < 0:
-        raise RainkitError(f"--tile must be 0 (off) or a positive size, got {tile}")
-    net, resolved = load_model(model, weights, device=dev)
-    if not isinstance(net, RecurrentDerainNet):
-        raise RainkitError(f"model '{model}' is not a deraining network")
-    if dev.type == "cpu":
-        net = net.to(memory_format=torch.channels_last)
-    return Derainer(net, model, resolved.path, resolved.sha256, resolved.entry.name if resolved.entry else None,
-                    dev, precision, tile, halo=halo)
+    return Derainer.load(model, weights, device=device, precision=precision, tile=tile, halo=halo)

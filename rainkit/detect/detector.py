@@ -33,6 +33,7 @@ from typing import Sequence
 import numpy as np
 
 from rainkit.detect.metrics import Detections
+from rainkit.engine import InferenceEngine
 from rainkit.errors import RainkitError, WeightsError
 
 DEFAULT_DETECTOR = "yolo11n.pt"  # Ultralytics YOLO11 nano, COCO (80 classes); AGPL-3.0
@@ -256,8 +257,16 @@ def unletterbox(boxes: np.ndarray, params: tuple[float, float, int, int]) -> np.
     return out
 
 
-class YoloDetector:
-    """A YOLO detection model from any format Ultralytics loads; build it with `load_detector`."""
+class YoloDetector(InferenceEngine):
+    """A YOLO detection model from any format Ultralytics loads; build it with `load_detector`.
+
+    An `InferenceEngine` for its device and its `describe()` record. The model is Ultralytics'
+    `AutoBackend`, read by Ultralytics from `path` (not through rainkit's hub, so `load` is
+    `load_detector`'s), and it runs in fp32 on whole letterboxed images: the input size is the
+    model's, there is nothing to tile.
+    """
+
+    arch = "yolo"
 
     def __init__(self, path: Path, device: str = "auto", imgsz: int | None = None, spec: str | None = None) -> None:
         quiet_ultralytics()
@@ -272,7 +281,7 @@ class YoloDetector:
         self.path = Path(path)
         self.spec = spec or str(path)
         try:
-            self.backend = AutoBackend(model=str(path), device=dev, fp16=False, fuse=True, verbose=False)
+            backend = AutoBackend(model=str(path), device=dev, fp16=False, fuse=True, verbose=False)
         except ModuleNotFoundError as exc:
             raise WeightsError(f"{path}: loading this format needs the '{exc.name}' package (pip install {exc.name})") from None
         except Exception as exc:  # Ultralytics raises many types for unreadable models
@@ -280,13 +289,13 @@ class YoloDetector:
             if "openvino" in message.lower() and "require" in message.lower():
                 message = "the OpenVINO runtime is missing (pip install openvino)"
             raise WeightsError(f"{path}: cannot load as a YOLO detector: {message[:300]}") from None
-        task = getattr(self.backend, "task", None) or (getattr(self.backend, "metadata", None) or {}).get("task")
+        task = getattr(backend, "task", None) or (getattr(backend, "metadata", None) or {}).get("task")
         if task not in (None, "detect"):
             raise WeightsError(f"{path}: a '{task}' model, not an object detector")
-        self.device = self.backend.device if hasattr(self.backend, "device") else dev
-        self.names: dict[int, str] = {int(k): str(v) for k, v in dict(self.backend.names).items()}
-        self.format = str(getattr(self.backend, "format", "pt"))
-        fixed = getattr(self.backend, "imgsz", None) if self.format != "pt" and not getattr(self.backend, "dynamic", False) else None
+        super().__init__(backend, getattr(backend, "device", dev))
+        self.names: dict[int, str] = {int(k): str(v) for k, v in dict(self.model.names).items()}
+        self.format = str(getattr(self.model, "format", "pt"))
+        fixed = getattr(self.model, "imgsz", None) if self.format != "pt" and not getattr(self.model, "dynamic", False) else None
         if fixed:
             fixed = (int(fixed[0]), int(fixed[1])) if isinstance(fixed, (list, tuple)) else (int(fixed), int(fixed))
             if imgsz is not None and max(fixed) != imgsz:
@@ -294,10 +303,10 @@ class YoloDetector:
             self.imgsz = fixed
         else:
             size = int(imgsz or VAL_IMGSZ)
-            stride = int(max(getattr(self.backend, "stride", 32) or 32, 1))
+            stride = int(max(getattr(self.model, "stride", 32) or 32, 1))
             size = max(stride, int(math.ceil(size / stride) * stride))
             self.imgsz = (size, size)
-        self.end2end = bool(getattr(self.backend, "end2end", False))
+        self.end2end = bool(getattr(self.model, "end2end", False))
         self._torch = torch
         try:  # Ultralytics uses torchvision's NMS only once torchvision is imported, else a fallback that keeps
             import torchvision.ops  # noqa: F401  (other boxes): val has it imported, so must we, to score as val does
@@ -309,7 +318,16 @@ class YoloDetector:
             from ultralytics.utils.ops import non_max_suppression
         self._nms = non_max_suppression
 
+    @classmethod
+    def load(cls, detector: str | os.PathLike | None = None, *, device: str = "auto", imgsz: int | None = None,
+             download: bool = True) -> "YoloDetector":
+        """`load_detector`: resolve (and if needed fetch) a detector, then load it through Ultralytics."""
+        path = resolve_detector(detector, download=download)
+        return cls(path, device=device, imgsz=imgsz, spec=str(detector) if detector is not None else DEFAULT_DETECTOR)
+
     def describe(self) -> dict:
+        """The detector's own record (kept as `rainkit detect` has always written it): spec, path, format,
+        input size, device, class count."""
         return {"detector": self.spec, "detector_path": str(self.path), "format": self.format,
                 "imgsz": list(self.imgsz), "device": str(self.device), "classes": len(self.names)}
 
@@ -319,7 +337,7 @@ class YoloDetector:
         image, params = letterbox(np.ascontiguousarray(rgb), self.imgsz)
         x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].to(self.device).float() / 255.0
         with torch.inference_mode():
-            raw = self.backend(x)
+            raw = self.model(x)
         outputs = []
         for nms in passes:
             kept = self._nms(raw, nms.conf, nms.iou, multi_label=nms.multi_label, max_det=nms.max_det, nc=0,
@@ -332,5 +350,4 @@ class YoloDetector:
 def load_detector(detector: str | os.PathLike | None = None, *, device: str = "auto", imgsz: int | None = None,
                   download: bool = True) -> YoloDetector:
     """Resolve (and if needed fetch) a detector and load it: `load_detector("yolov8n_openvino_model/")`."""
-    path = resolve_detector(detector, download=download)
-    return YoloDetector(path, device=device, imgsz=imgsz, spec=str(detector) if detector is not None else DEFAULT_DETECTOR)
+    return YoloDetector.load(detector, device=device, imgsz=imgsz, download=download)

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rainkit.engine import InferenceEngine
 from rainkit.registry import WeightsEntry, register_arch
 
 CITYSCAPES_CLASSES = (
@@ -238,7 +239,7 @@ def normalize_rgb(rgb: torch.Tensor) -> torch.Tensor:
     return (bgr - mean) / std / 255.0
 
 
-class Segmenter:
+class Segmenter(InferenceEngine):
     """A loaded ESPNet plus how to run it: `segment(rgb) -> labels` at the image's own resolution.
 
     The image is reflect-padded to a multiple of 8 (the network's stride) and the scores are
@@ -248,9 +249,10 @@ class Segmenter:
     neighbour.
     """
 
-    def __init__(self, model: ESPNet, device: torch.device | str = "cpu", width: int | None = None):
-        self.model = model.eval().requires_grad_(False)
-        self.device = torch.device(device)
+    arch = "espnet"
+
+    def __init__(self, model: ESPNet, device: torch.device | str = "cpu", width: int | None = None, **engine) -> None:
+        super().__init__(model.eval().requires_grad_(False), device, **engine)
         self.width = width
 
     @torch.inference_mode()
@@ -262,7 +264,8 @@ class Segmenter:
         if pad_h or pad_w:
             mode = "reflect" if pad_h < height and pad_w < width else "replicate"
             x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
-        return self.model(x)[:, :, :height, :width].float()
+        with self.autocast():
+            return self.model(x)[:, :, :height, :width].float()
 
     def segment(self, rgb: np.ndarray) -> np.ndarray:
         """H x W x 3 float32 RGB in [0, 1] -> H x W uint8 labels (Cityscapes train ids, 19 = unlabelled)."""
@@ -279,11 +282,11 @@ class Segmenter:
             labels = cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)
         return labels
 
+    def describe(self) -> dict:
+        return {**super().describe(), "width": self.width}
+
 
 def load_segmenter(weights: str = "espnet.cityscapes", device: torch.device | str = "cpu",
                    width: int | None = None) -> Segmenter:
     """ESPNet with verified weights (a registered name such as `espnet.cityscapes`, or a path)."""
-    from rainkit.hub import load_model
-
-    model, _ = load_model("espnet", weights, device=device)
-    return Segmenter(model, device, width)
+    return Segmenter.load("espnet", weights, device=device, width=width)

@@ -19,18 +19,18 @@ Two forward paths compute the same function:
   zero state), kept as the yardstick that tests and `bench/` compare against.
 
 CRA uses global average pooling, so a tile does not see the statistics of the whole image.
-Both forwards accept `pooled`, a `PooledStats` object that either records per-layer sums over
-a region of the tile or replaces each layer's pooled vector with given values; the tiler uses
-it to give every tile the whole image's statistics.
+Both forwards accept `pooled`, a `PooledStats` recorder (`rainkit.tiling.TileStats`) that
+records each layer's sums over the tile's core, or replaces a layer's pooled vector with its
+fixed whole-image mean; the tiler uses it to give every tile the whole image's statistics.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from rainkit.tiling import TileStats
 
 
 def _channel_mean(x: torch.Tensor) -> torch.Tensor:
@@ -65,45 +65,20 @@ class CRALayer(nn.Module):
         return x * self.gate(x.mean(dim=(2, 3)))
 
 
-@dataclass
-class PooledStats:
-    """Global-pooling control for tiled inference.
+class PooledStats(TileStats):
+    """SAPNet's pooled channel means as tile statistics (`rainkit.tiling.TileStats`).
 
-    mode "record": for every CRA call, add the sum over `region` (y0, y1, x0, x1 in tile
-    coordinates) of the layer's input to `sums[k]` and the pixel count to `counts[k]`, where k
-    is the call's index in the forward pass; the pooling itself stays local to the tile.
-    mode "fixed": use `means[k]` (N, C) instead of the tile's own mean.
+    Each CRA call of a forward pass is one layer, numbered in call order. A layer whose mean is
+    fixed pools to it instead of the tile's own mean; one that is not records its input over the
+    tile's core and pools to the tile's own mean.
     """
 
-    mode: str = "record"
-    region: tuple[int, int, int, int] | None = None
-    sums: dict[int, torch.Tensor] = field(default_factory=dict)
-    counts: dict[int, int] = field(default_factory=dict)
-    means: dict[int, torch.Tensor] = field(default_factory=dict)
-    _index: int = 0
-
-    def start(self) -> None:
-        self._index = 0
-
     def pool(self, x: torch.Tensor) -> torch.Tensor:
-        k = self._index
-        self._index += 1
-        if self.mode == "fixed":
-            return self.means[k].to(device=x.device, dtype=x.dtype)
-        if self.region is not None:
-            y0, y1, x0, x1 = self.region
-            core = x[:, :, y0:y1, x0:x1]
-        else:
-            core = x
-        total = core.sum(dim=(2, 3), dtype=torch.float64).cpu()
-        self.sums[k] = self.sums[k] + total if k in self.sums else total
-        self.counts[k] = self.counts.get(k, 0) + core.shape[2] * core.shape[3]
+        k = self.next_layer()
+        if self.is_fixed(k):
+            return self.mean[k].to(device=x.device, dtype=x.dtype)
+        self.record(k, x)
         return x.mean(dim=(2, 3))
-
-    def finalize(self) -> "PooledStats":
-        """Turn recorded sums into the means a "fixed" pass uses."""
-        means = {k: (self.sums[k] / self.counts[k]).float() for k in self.sums}
-        return PooledStats(mode="fixed", means=means)
 
 
 class RecurrentDerainNet(nn.Module):
@@ -201,20 +176,31 @@ class RecurrentDerainNet(nn.Module):
                 feat = F.conv2d(x, conv0.weight[:, :3] + conv0.weight[:, 3:], conv0.bias, padding=1).relu()
                 i, g, o = (F.conv2d(feat, gate.weight[:, :width], gate.bias, padding=1) for gate in (gate_i, gate_g, gate_o))
                 c = i.sigmoid_().mul_(g.tanh_()) if fast else torch.sigmoid(i) * torch.tanh(g)
+                del feat, i, g
             else:
-                joint = torch.cat((conv0(torch.cat((x, estimate), 1)).relu(), h), 1)
+                feat = conv0(torch.cat((x, estimate), 1))
+                joint = torch.cat((feat.relu_() if fast else feat.relu(), h), 1)
                 # Four 64->32 convolutions rather than one 64->128: oneDNN runs them faster on CPU and
                 # each gate comes out contiguous for the elementwise work.
-                i, f, g, o = (gate(joint) for gate in (gate_i, gate_f, gate_g, gate_o))
                 if fast:
-                    c = c.mul_(f.sigmoid_()).addcmul_(i.sigmoid_(), g.tanh_())
+                    # Memory: h lives on only inside `joint`, and each gate is used up as soon as it is
+                    # made, so at most 5 full-size maps are alive here (joint counts 2) instead of 9.
+                    del feat, h
+                    c.mul_(gate_f(joint).sigmoid_())
+                    c.addcmul_(gate_i(joint).sigmoid_(), gate_g(joint).tanh_())
+                    o = gate_o(joint)
+                    del joint
                 else:
+                    i, f, g, o = (gate(joint) for gate in (gate_i, gate_f, gate_g, gate_o))
                     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                    del feat, joint, i, f, g
             h = torch.tanh(c).mul_(o.sigmoid_()) if fast else torch.sigmoid(o) * torch.tanh(c)
+            del o
             out = h
             for index, block in enumerate(self.res_blocks):
                 out = self._block(block, out, pooled, fast, x_nonnegative=index > 0)
             estimate = self.conv(out) + x
+            del out  # the last block's output is not needed while the next stage runs
             if return_stages:
                 estimates.append(estimate)
         return (estimate, estimates) if return_stages else estimate

@@ -20,14 +20,14 @@ The generator keeps CUT's flat `model` sequence, so NCE layer indices mean what 
 the outputs of the 1st and 5th residual blocks), and the parameter names (`model.1.weight`, ...,
 `model.12.conv_block.1.weight`) match CUT/TPSeNCE checkpoints of `netG`.
 
-Every instance-norm layer of the generator is a `TileableInstanceNorm`: with `stats_hook` unset
-it is plain instance norm; the generation engine sets the hook to record whole-image statistics
-over tiles and to normalise tiles with them (see `rainkit.tpsence.generate`).
+The instance-norm layers are plain `nn.InstanceNorm2d` (no affine parameters, no running
+statistics); to tile large images, the generation engine runs the generator op by op and
+normalises every tile with the whole image's statistics (see `rainkit.tpsence.generate`).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -72,29 +72,12 @@ class BlurUpsample(nn.Module):
         return out if self.size % 2 else out[:, :, :-1, :-1]
 
 
-class TileableInstanceNorm(nn.InstanceNorm2d):
-    """Instance norm without affine parameters whose statistics can be supplied from outside.
-
-    `stats_hook(x, eps) -> normalised x`, when set, replaces the computation (the tiler uses it to
-    normalise a tile with the whole image's statistics).
-    """
-
-    def __init__(self, channels: int):
-        super().__init__(channels, affine=False, track_running_stats=False)
-        self.stats_hook: Callable[[torch.Tensor, float], torch.Tensor] | None = None
-
-    def forward(self, x):
-        if self.stats_hook is not None:
-            return self.stats_hook(x, self.eps)
-        return F.instance_norm(x, eps=self.eps)
-
-
 class ResnetBlock(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.conv_block = nn.Sequential(
-            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3), TileableInstanceNorm(dim), nn.ReLU(True),
-            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3), TileableInstanceNorm(dim),
+            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3), nn.InstanceNorm2d(dim), nn.ReLU(True),
+            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3), nn.InstanceNorm2d(dim),
         )
 
     def forward(self, x):
@@ -111,24 +94,24 @@ class ResnetGenerator(nn.Module):
             raise ValueError("ngf must be positive and n_blocks non-negative")
         self.config = dict(input_nc=input_nc, output_nc=output_nc, ngf=ngf, n_blocks=n_blocks,
                            antialias=antialias, antialias_up=antialias_up)
-        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(input_nc, ngf, 7), TileableInstanceNorm(ngf),
+        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(input_nc, ngf, 7), nn.InstanceNorm2d(ngf),
                                    nn.ReLU(True)]
         for i in range(2):
             cin, cout = ngf * 2 ** i, ngf * 2 ** (i + 1)
             if antialias:
-                layers += [nn.Conv2d(cin, cout, 3, padding=1), TileableInstanceNorm(cout), nn.ReLU(True),
+                layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.InstanceNorm2d(cout), nn.ReLU(True),
                            BlurDownsample(cout)]
             else:
-                layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), TileableInstanceNorm(cout), nn.ReLU(True)]
+                layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.InstanceNorm2d(cout), nn.ReLU(True)]
         layers += [ResnetBlock(ngf * 4) for _ in range(n_blocks)]
         for i in range(2):
             cin, cout = ngf * 2 ** (2 - i), ngf * 2 ** (1 - i)
             if antialias_up:
-                layers += [BlurUpsample(cin), nn.Conv2d(cin, cout, 3, padding=1), TileableInstanceNorm(cout),
+                layers += [BlurUpsample(cin), nn.Conv2d(cin, cout, 3, padding=1), nn.InstanceNorm2d(cout),
                            nn.ReLU(True)]
             else:
                 layers += [nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1),
-                           TileableInstanceNorm(cout), nn.ReLU(True)]
+                           nn.InstanceNorm2d(cout), nn.ReLU(True)]
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, 7), nn.Tanh()]
         self.model = nn.Sequential(*layers)
 
@@ -178,9 +161,6 @@ class ResnetGenerator(nn.Module):
                 stride //= 2
                 radius += 2 * max(stride, 1)
         return radius
-
-    def norm_layers(self) -> list[TileableInstanceNorm]:
-        return [m for m in self.modules() if isinstance(m, TileableInstanceNorm)]
 
 
 class PatchDiscriminator(nn.Module):

@@ -2,7 +2,7 @@
 
 * `TPSeNCEConfig`, `load_tpsence_config`: the training settings (the paper's defaults).
 * `train_tpsence`: the trainer (single process or torchrun DDP), see `rainkit.train.tpsence`.
-* `load_generator`, `Generator.generate`: native-resolution, seam-free generation, see
+* `load_generator`, `WeatherGenerator.generate`: native-resolution, seam-free generation, see
   `rainkit.tpsence.generate`.
 
 Submodules are imported lazily so that `import rainkit.tpsence` stays light.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from rainkit.train.tpsence_config import TPSeNCEConfig, load_tpsence_config
 
-__all__ = ["Generator", "TPSeNCEConfig", "load_generator", "load_tpsence_config", "train_tpsence"]
+__all__ = ["TPSeNCEConfig", "WeatherGenerator", "load_generator", "load_tpsence_config", "train_tpsence"]
 
 
 def __getattr__(name):
@@ -20,7 +20,7 @@ def __getattr__(name):
         from rainkit.train.tpsence import train_tpsence
 
         return train_tpsence
-    if name in ("Generator", "load_generator"):
+    if name in ("WeatherGenerator", "load_generator"):
         from rainkit.tpsence import generate
 
         return getattr(generate, name)

@@ -6,7 +6,7 @@ generator down-samples twice) and the output is cropped back.
 Large images run in tiles without seams or colour shifts. Instance norm makes every output pixel
 depend on per-channel statistics of whole feature maps, so a tile normalised with its own
 statistics drifts in colour and contrast from its neighbours. The tiler gives every tile the
-whole image's statistics, in two passes over the tiles (`run_tiled_generator`):
+whole image's statistics, with the two phases of `rainkit.tiling.run_tiled` (`LayerwiseTiles`):
 
 1. record: each instance-norm layer's whole-image per-channel mean and (biased) variance are
    accumulated as float64 sums and sums of squares over the tiles' *cores* (the cores partition
@@ -14,7 +14,7 @@ whole image's statistics, in two passes over the tiles (`run_tiled_generator`):
    exact because tiles start on multiples of 4). The layers are recorded in order, each tile
    normalising the layers before with their final statistics, so the statistics are the
    whole-image ones, not estimates from tile-locally normalised features (a single sweep with
-   tile-local normalisation, as `rainkit.derain.tiling` does for SAPNet's pooling, is not enough
+   tile-local normalisation, as the derainer does for SAPNet's pooling, is not enough
    here: 23 chained normalisations amplify the error to ~23-29 dB PSNR against the untiled output
    even for a randomly initialised generator). To avoid recomputing the network for every layer,
    each tile's activations are kept where they are small (the residual trunk at 1/4 resolution:
@@ -31,7 +31,8 @@ compute of one forward pass over the tiles' inputs (halos included); bench/tpsen
 measured 2.55x the whole-image eager forward for a 640x480 image in four 320x240 tiles, whose
 93-px halos alone make the tiles' inputs 1.8x the image.
 
-The tile boxes and the optional blend ramps (`blend` > 0) are those of `rainkit.derain.tiling`.
+The tile boxes, the optional blend ramps (`blend` > 0) and the statistics recorder (`NormStats`)
+are those of `rainkit.tiling`.
 
 Working width (`work_width`, opt-in): a generator trained on photos scaled to ~256 px wide paints
 weather at that scale; on a 4000 px photo its streaks and its view of the scene are 16x too small.
@@ -42,22 +43,19 @@ keeps the input's resolution and detail and gets weather at the scale the genera
 
 from __future__ import annotations
 
-import contextlib
 import math
-from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from rainkit.derain.engine import _available_memory_bytes, tile_for_budget
-from rainkit.derain.tiling import TileBox, _ramp, plan_tiles
+from rainkit.engine import TiledEngine
 from rainkit.errors import RainkitError
-from rainkit.hub import load_model, resolve_device, resolve_precision
-from rainkit.models.tpsence import ResnetBlock, ResnetGenerator, TileableInstanceNorm
+from rainkit.models.tpsence import ResnetBlock, ResnetGenerator
+from rainkit.tiling import TileStats, available_memory_bytes, run_tiled
 
 ALIGN = 4  # the generator's total stride
 DEFAULT_BLEND = 0  # exact statistics + a full receptive-field halo leave nothing to feather
@@ -66,73 +64,17 @@ DEFAULT_BLEND = 0  # exact statistics + a full receptive-field halo leave nothin
 _BYTES_PER_PIXEL_NGF64 = 2000
 
 
-@dataclass
-class NormStats:
-    """Per-layer instance-norm statistics: `mean[k]`, `var[k]` (C,) for the k-th layer of
-    `ResnetGenerator.norm_layers()`.
+class NormStats(TileStats):
+    """The whole-image mean and (biased) variance of each instance-norm layer of the generator,
+    `mean[k]` and `var[k]` (1, C) for the k-th in forward order (`rainkit.tiling.TileStats`)."""
 
-    As a `stats_hook` (see `use_norm_stats`), mode "record" runs plain instance norm and
-    accumulates each layer's per-channel sum and sum of squares; mode "fixed" normalises with
-    `mean` and `var`. `run_tiled_generator` fills a fixed one from the tiles' cores.
-    """
+    second_moment = True
 
-    mode: str = "record"
-    sums: dict[int, torch.Tensor] = field(default_factory=dict)
-    squares: dict[int, torch.Tensor] = field(default_factory=dict)
-    counts: dict[int, int] = field(default_factory=dict)
-    mean: dict[int, torch.Tensor] = field(default_factory=dict)
-    var: dict[int, torch.Tensor] = field(default_factory=dict)
-
-    def __call__(self, x: torch.Tensor, eps: float, k: int) -> torch.Tensor:
-        if self.mode == "fixed":
-            return _normalize(x, self.mean[k], self.var[k], eps)
-        flat = x.detach().double().flatten(2)
-        total, square = flat.sum((0, 2)).cpu(), flat.pow(2).sum((0, 2)).cpu()
-        self.sums[k] = self.sums[k] + total if k in self.sums else total
-        self.squares[k] = self.squares[k] + square if k in self.squares else square
-        self.counts[k] = self.counts.get(k, 0) + flat.shape[0] * flat.shape[2]
-        return F.instance_norm(x, eps=eps)
-
-    def finalize(self) -> "NormStats":
-        """The fixed statistics from what was recorded: mean = S / n, var = Q / n - mean^2 (biased, as IN)."""
-        mean = {k: self.sums[k] / self.counts[k] for k in self.sums}
-        var = {k: (self.squares[k] / self.counts[k] - mean[k] ** 2).clamp_min(0) for k in self.sums}
-        return NormStats(mode="fixed", mean={k: v.float() for k, v in mean.items()},
-                         var={k: v.float() for k, v in var.items()})
-
-    @classmethod
-    def whole_image(cls, model: ResnetGenerator, x: torch.Tensor) -> "NormStats":
-        """The statistics of an untiled forward pass of `x` (N = 1)."""
-        stats = cls(mode="record")
-        with use_norm_stats(model, stats), torch.inference_mode():
-            model(x)
-        return stats.finalize()
-
-
-def _normalize(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, eps: float) -> torch.Tensor:
-    mean = mean.to(x.device).view(1, -1, 1, 1)
-    inv = torch.rsqrt(var.to(x.device) + eps).view(1, -1, 1, 1)
-    return ((x.float() - mean) * inv).to(x.dtype)
-
-
-@contextlib.contextmanager
-def use_norm_stats(model: ResnetGenerator, stats: NormStats | None):
-    layers = model.norm_layers()
-    try:
-        for k, layer in enumerate(layers):
-            layer.stats_hook = partial(stats, k=k) if stats is not None else None
-        yield stats
-    finally:
-        for layer in layers:
-            layer.stats_hook = None
-
-
-def plan_aligned_tiles(height: int, width: int, tile: int, halo: int, blend: int) -> list[TileBox]:
-    """Tiles whose core, output and input boxes all start and end on multiples of 4 (height and
-    width must be multiples of 4)."""
-    if height % ALIGN or width % ALIGN or halo % ALIGN or blend % ALIGN:
-        raise RainkitError("tiling needs sizes, halo and blend that are multiples of 4")
-    return plan_tiles(height, width, tile, halo, blend, align=ALIGN)
+    def normalize(self, x: torch.Tensor, k: int, eps: float) -> torch.Tensor:
+        """Instance-normalise `x` with layer k's fixed statistics instead of its own."""
+        mean = self.mean[k].to(x.device).view(1, -1, 1, 1)
+        inv = torch.rsqrt(self.var[k].to(x.device) + eps).view(1, -1, 1, 1)
+        return ((x.float() - mean) * inv).to(x.dtype)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int = ALIGN) -> torch.Tensor:
@@ -145,15 +87,15 @@ def pad_to_multiple(x: torch.Tensor, multiple: int = ALIGN) -> torch.Tensor:
     return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
 
 
-def _program(model: ResnetGenerator) -> list[tuple[str, torch.nn.Module | None, int]]:
+def _program(model: ResnetGenerator) -> list[tuple[str, nn.Module | None, int]]:
     """The generator as a flat list of ops: ("layer", module, -1), ("norm", module, k), ("push"/"add", None, -1)
     (a residual block pushes its input and adds it back at its end)."""
-    ops: list[tuple[str, torch.nn.Module | None, int]] = []
+    ops: list[tuple[str, nn.Module | None, int]] = []
     norm_index = 0
 
     def add(module):
         nonlocal norm_index
-        if isinstance(module, TileableInstanceNorm):
+        if isinstance(module, nn.InstanceNorm2d):
             ops.append(("norm", module, norm_index))
             norm_index += 1
         else:
@@ -177,7 +119,7 @@ def _execute(ops, start: int, stop: int, current: torch.Tensor, skips: tuple, st
         elif kind == "add":
             current, skips = skips[-1] + current, skips[:-1]
         elif kind == "norm":
-            current = _normalize(current, stats.mean[k], stats.var[k], module.eps)
+            current = stats.normalize(current, k, module.eps)
         else:
             current = module(current)
     return current, skips
@@ -189,154 +131,109 @@ def cache_channels_per_pixel(model: ResnetGenerator) -> float:
     return 2 * 4 * model.config["ngf"] / 16
 
 
-def run_tiled_generator(model: ResnetGenerator, x: torch.Tensor, *, tile: int, halo: int,
-                        blend: int = DEFAULT_BLEND, device: torch.device,
-                        context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-                        prepare: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
-                        on_tile: Callable[[int, int], None] | None = None,
-                        stats: NormStats | None = None, cache_device: torch.device | str | None = None) -> torch.Tensor:
-    """Translate `x` (1, 3, H, W) in [-1, 1] on the CPU, H and W multiples of 4, tile by tile, with the
-    whole image's instance-norm statistics. Returns (1, 3, H, W) float32 on the CPU.
+class LayerwiseTiles:
+    """The generator as `rainkit.tiling.run_tiled` runs it, one record sweep per instance-norm layer.
 
-    Record pass (skipped when `stats` are given): the instance-norm layers are taken in order; for
-    layer k every tile is run from its last checkpoint up to layer k's input, normalising the
-    layers before k with their already final whole-image statistics, and the sums over its core are
-    accumulated; then layer k's statistics are final. A layer's input becomes the tiles' new
-    checkpoint (kept on `cache_device`, the CPU by default) when it is no larger than the
-    residual trunk's state (`cache_channels_per_pixel`: 32 channels per image pixel for ngf = 64);
-    the full- and half-resolution layers at the start are recomputed from the image instead.
-    Render pass: every tile continues from its last checkpoint to the output with the fixed
-    statistics. With a halo of at least the receptive radius, every statistic and every output
-    pixel equals the whole-image pass's up to floating-point summation order.
+    Record sweep k: every tile runs from its last checkpoint up to layer k's input, normalising
+    the layers before k with their already fixed whole-image statistics, and records layer k's
+    input over its core; then layer k's statistics are fixed. A layer's input becomes the tiles'
+    new checkpoint (kept on `cache_device`) when every tile's is no larger than the residual
+    trunk's state (`cache_channels_per_pixel`: 32 channels per image pixel for ngf = 64); the
+    full- and half-resolution layers at the start are recomputed from the image instead. Render:
+    every tile continues from its last checkpoint to the output, and frees it. With a halo of at
+    least the receptive radius, every statistic and every output pixel equals the whole-image
+    pass's up to floating-point summation order.
     """
-    _, _, height, width = x.shape
-    boxes = plan_aligned_tiles(height, width, tile, halo, blend)
-    ops = _program(model)
-    norm_positions = [i for i, (kind, _, _) in enumerate(ops) if kind == "norm"]
-    limit = cache_channels_per_pixel(model)
-    cache_device = torch.device(cache_device) if cache_device is not None else torch.device("cpu")
-    total = (0 if stats is not None else len(norm_positions) * len(boxes)) + len(boxes)
-    step = 0
 
-    def tile_input(box: TileBox) -> torch.Tensor:
-        iy0, iy1, ix0, ix1 = box.inp
-        return prepare(x[:, :, iy0:iy1, ix0:ix1].to(device))
+    def __init__(self, model: ResnetGenerator, device: torch.device, cache_device: torch.device) -> None:
+        self.ops = _program(model)
+        self.norm_positions = [i for i, (kind, _, _) in enumerate(self.ops) if kind == "norm"]
+        self.limit = cache_channels_per_pixel(model)
+        self.device = device
+        self.cache_device = cache_device
+        self.checkpoints: list[tuple[torch.Tensor, tuple] | None] | None = None  # per tile, at op `resume_at`
+        self.resume_at = 0
+        self._kept: list[tuple[torch.Tensor, tuple]] = []  # this sweep's candidate checkpoints, at `_kept_at`
+        self._kept_at = -1
+        self._every_tile_kept = False
 
-    checkpoints: list[tuple[torch.Tensor, tuple]] | None = None  # per tile, at op index `resume_at`
-    resume_at = 0
-    with torch.inference_mode(), context():
-        if stats is None:
-            stats = NormStats(mode="fixed")
-            for position in norm_positions:
-                k = ops[position][2]
-                sums = squares = None
-                count = 0
-                kept = []
-                for t, box in enumerate(boxes):
-                    if checkpoints is None:
-                        current, skips = _execute(ops, 0, position, tile_input(box), (), stats)
-                    else:
-                        cur, skp = checkpoints[t]
-                        current, skips = _execute(ops, resume_at, position, cur.to(device),
-                                                  tuple(s.to(device) for s in skp), stats)
-                    iy0, iy1, ix0, ix1 = box.inp
-                    y0, y1, x0, x1 = box.core
-                    stride = (iy1 - iy0) // current.shape[2]
-                    core = current[:, :, (y0 - iy0) // stride:(y1 - iy0) // stride,
-                                   (x0 - ix0) // stride:(x1 - ix0) // stride]
-                    flat = core.double().flatten(2)
-                    tile_sum, tile_square = flat.sum((0, 2)).cpu(), flat.pow(2).sum((0, 2)).cpu()
-                    sums = tile_sum if sums is None else sums + tile_sum
-                    squares = tile_square if squares is None else squares + tile_square
-                    count += flat.shape[0] * flat.shape[2]
-                    size = current.shape[1] / stride ** 2 + sum(t.shape[1] / ((iy1 - iy0) // t.shape[2]) ** 2
-                                                                  for t in skips)
-                    if size <= limit:
-                        kept.append((current.to(cache_device), tuple(t.to(cache_device) for t in skips)))
-                    step += 1
-                    if on_tile:
-                        on_tile(step, total)
-                mean = sums / count
-                stats.mean[k] = mean.float()
-                stats.var[k] = (squares / count - mean ** 2).clamp_min(0).float()
-                if len(kept) == len(boxes):
-                    checkpoints, resume_at = kept, position
-        output = np.zeros((x.shape[1], height, width), dtype=np.float32)
-        weights = np.zeros((height, width), dtype=np.float32) if blend else None
-        for t, box in enumerate(boxes):
-            iy0, iy1, ix0, ix1 = box.inp
-            oy0, oy1, ox0, ox1 = box.out
-            y0, y1, x0, x1 = box.core
-            if checkpoints is None:
-                result, _ = _execute(ops, 0, len(ops), tile_input(box), (), stats)
-            else:
-                cur, skp = checkpoints[t]
-                checkpoints[t] = None  # free as we go
-                result, _ = _execute(ops, resume_at, len(ops), cur.to(device), tuple(s.to(device) for s in skp), stats)
-            piece = result[0, :, oy0 - iy0:oy1 - iy0, ox0 - ix0:ox1 - ix0].float().cpu().numpy()
-            if blend:
-                w2 = _ramp(height, oy0, oy1, y0, y1, blend)[:, None] * _ramp(width, ox0, ox1, x0, x1, blend)[None, :]
-                output[:, oy0:oy1, ox0:ox1] += piece * w2
-                weights[oy0:oy1, ox0:ox1] += w2
-            else:
-                output[:, oy0:oy1, ox0:ox1] = piece
-            step += 1
-            if on_tile:
-                on_tile(step, total)
-    if blend:
-        output /= weights
-    return torch.from_numpy(output)[None]
+    @property
+    def sweeps(self) -> int:
+        return len(self.norm_positions)
+
+    def _target(self, stats: NormStats) -> int:
+        """Where the current sweep stops: the first norm layer not yet fixed, else the output."""
+        return next((p for p in self.norm_positions if not stats.is_fixed(self.ops[p][2])), len(self.ops))
+
+    def __call__(self, index: int, x: torch.Tensor, stats: NormStats) -> torch.Tensor | None:
+        target = self._target(stats)
+        if target != self._kept_at:  # a new sweep: the last one's checkpoints replace the old if every tile had one
+            if self._kept and self._every_tile_kept:
+                self.checkpoints, self.resume_at = self._kept, self._kept_at
+            self._kept, self._kept_at, self._every_tile_kept = [], target, True
+        if self.checkpoints is None:
+            current, skips = _execute(self.ops, 0, target, x.to(self.device), (), stats)
+        else:
+            cur, skp = self.checkpoints[index]
+            if target == len(self.ops):
+                self.checkpoints[index] = None  # rendering: free as we go
+            current, skips = _execute(self.ops, self.resume_at, target, cur.to(self.device),
+                                      tuple(s.to(self.device) for s in skp), stats)
+        if target == len(self.ops):
+            return current
+        stats.record(self.ops[target][2], current)
+        height = x.shape[2]
+        size = current.shape[1] / (height // current.shape[2]) ** 2 + sum(
+            t.shape[1] / (height // t.shape[2]) ** 2 for t in skips)
+        if size <= self.limit:
+            self._kept.append((current.to(self.cache_device), tuple(t.to(self.cache_device) for t in skips)))
+        else:
+            self._every_tile_kept = False
+        return None
 
 
-@dataclass
-class Generator:
-    """A ready-to-run TPSeNCE generator. Build it with `load_generator`.
+class WeatherGenerator(TiledEngine):
+    """A ready-to-run TPSeNCE generator (clear to rain, snow, ...). Build it with `load_generator`.
 
     `tile`: None picks the largest tile that fits the memory budget (0 when the whole image fits),
     0 forces the whole image, a positive value forces that tile side. `halo` defaults to the
-    receptive radius rounded up to a multiple of 4.
+    receptive radius rounded up to a multiple of 4. `work_width`: 0 runs at native resolution; W
+    runs at W px wide and adds the change back (module doc).
     """
 
-    model: ResnetGenerator
-    device: torch.device
-    precision_name: str = "fp32"
-    tile: int | None = None
-    halo: int | None = None
-    blend: int = DEFAULT_BLEND
-    memory_budget: int | None = None  # bytes; None: from available memory
-    weights_path: Path | None = None
-    weights_sha256: str | None = None
-    weights_name: str | None = None
-    work_width: int = 0  # 0: run at native resolution; W: run at W px wide and add the change back (module doc)
-    last_tile: int = field(default=0, init=False)
+    arch = "tpsence"
+    align = ALIGN
+
+    def __init__(self, model: ResnetGenerator, device: torch.device | str, *, blend: int = DEFAULT_BLEND,
+                 work_width: int = 0, **engine: Any) -> None:
+        super().__init__(model, device, blend=blend, **engine)
+        if work_width < 0:
+            raise RainkitError(f"work width must be 0 (native resolution) or a positive width, got {work_width}")
+        self.work_width = int(work_width)
+
+    @classmethod
+    def prepare_model(cls, model: nn.Module, arch: str, device: torch.device) -> ResnetGenerator:
+        return model.float()  # fp16-stored weights run in fp32 parameters; NCHW: channels-last measured no faster here
 
     @property
     def effective_halo(self) -> int:
         halo = self.halo if self.halo is not None else self.model.receptive_radius()
         return int(math.ceil(halo / ALIGN) * ALIGN)
 
-    def _bytes_per_pixel(self) -> int:
+    def bytes_per_pixel(self) -> int:
         per = _BYTES_PER_PIXEL_NGF64 * self.model.config["ngf"] / 64
-        return int(per if self.precision_name == "fp32" else per / 2) + 64
+        return int(per if self.precision == "fp32" else per / 2) + 64
 
-    def choose_tile(self, height: int, width: int) -> int:
-        """The tile side for a padded image (0 = whole image)."""
-        side = tile_for_budget(height, width, self.tile, self.memory_budget, self.device, self._bytes_per_pixel(),
-                               self.effective_halo + self.blend)
-        return side if self.tile is not None or side == 0 else side // ALIGN * ALIGN
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        precision = resolve_precision(self.precision_name, self.device)
-        with torch.inference_mode(), precision.autocast():
-            return self.model(x).float()
+    def tile_margin(self) -> int:
+        return self.effective_halo + self.blend
 
     def _cache_device(self, height: int, width: int, tile: int) -> torch.device:
         """Keep the tiler's checkpoints on the GPU when they fit comfortably, else on the host."""
         if self.device.type != "cuda":
             return torch.device("cpu")
-        overhead = ((tile + 2 * (self.effective_halo + self.blend)) / tile) ** 2
+        overhead = ((tile + 2 * self.tile_margin()) / tile) ** 2
         need = cache_channels_per_pixel(self.model) * 4 * height * width * overhead
-        return self.device if need < 0.3 * _available_memory_bytes(self.device) else torch.device("cpu")
+        return self.device if need < 0.3 * available_memory_bytes(self.device) else torch.device("cpu")
 
     def generate_tensor(self, x: torch.Tensor, on_tile: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """(1, 3, H, W) RGB in [0, 1] on the CPU -> the rainy version, (1, 3, H, W) float32 in [0, 1] on the CPU."""
@@ -346,13 +243,13 @@ class Generator:
         padded = pad_to_multiple(x.float() * 2.0 - 1.0)
         tile = self.choose_tile(*padded.shape[2:])
         self.last_tile = tile
-        if tile == 0:
-            out = self._forward(padded.to(self.device)).cpu()
-        else:
-            precision = resolve_precision(self.precision_name, self.device)
-            out = run_tiled_generator(self.model, padded, tile=tile, halo=self.effective_halo, blend=self.blend,
-                                      device=self.device, context=precision.autocast, on_tile=on_tile,
-                                      cache_device=self._cache_device(*padded.shape[2:], tile))
+        with torch.inference_mode(), self.autocast():
+            if tile == 0:
+                out = self.model(padded.to(self.device)).float().cpu()
+            else:
+                network = LayerwiseTiles(self.model, self.device, self._cache_device(*padded.shape[2:], tile))
+                out = run_tiled(network, padded, tile=tile, halo=self.effective_halo, blend=self.blend, align=ALIGN,
+                                stats=NormStats(), record_sweeps=network.sweeps, on_tile=on_tile)
         return ((out[:, :, :height, :width] + 1.0) * 0.5).clamp_(0.0, 1.0)
 
     def generate(self, rgb: np.ndarray, on_tile: Callable[[int, int], None] | None = None) -> np.ndarray:
@@ -378,24 +275,15 @@ class Generator:
         return self.generate_tensor(x, on_tile)[0].numpy().transpose(1, 2, 0)
 
     def describe(self) -> dict:
-        weights = self.weights_name or (str(self.weights_path) if self.weights_path else None)
-        return {"model": "tpsence", "weights": weights, "weights_sha256": self.weights_sha256,
-                "device": str(self.device), "precision": self.precision_name, "work_width": self.work_width}
+        return {**super().describe(), "work_width": self.work_width}
 
 
 def load_generator(weights: str | Path, device: str | torch.device = "cpu", precision: str = "fp32", *,
-                   tile: int | None = None, halo: int | None = None, work_width: int = 0) -> Generator:
-    """A `Generator` from a registered `tpsence.*` name or a weights file (e.g. a run's
+                   tile: int | None = None, halo: int | None = None, work_width: int = 0) -> WeatherGenerator:
+    """A `WeatherGenerator` from a registered `tpsence.*` name or a weights file (e.g. a run's
     `generator.safetensors`; fp16-stored weights are loaded into fp32 parameters)."""
-    if work_width < 0:
-        raise RainkitError(f"work width must be 0 (native resolution) or a positive width, got {work_width}")
-    dev = resolve_device(device)
-    resolve_precision(precision, dev)  # an unavailable precision fails here, before any work
-    model, resolved = load_model("tpsence", str(weights), device=dev)
-    model = model.float()  # NCHW: channels-last measured no faster for this network on CPUs
-    return Generator(model, dev, precision, tile=tile, halo=halo, work_width=int(work_width),
-                     weights_path=resolved.path, weights_sha256=resolved.sha256,
-                     weights_name=resolved.entry.name if resolved.entry else None)
+    return WeatherGenerator.load("tpsence", weights, device=device, precision=precision, tile=tile, halo=halo,
+                                 work_width=work_width)
 
 
 GENERATOR_WEIGHTS_PREFIX = "tpsence."

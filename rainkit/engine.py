@@ -1,0 +1,122 @@
+"""The inference-engine base: one loaded model plus where and how it runs.
+
+Every engine rainkit hands out (`Derainer`, `WeatherGenerator`, `Segmenter`, `YoloDetector`) is an
+`InferenceEngine`: its model, the device it sits on, the precision its forward passes run in
+(`autocast()`), what weights it was loaded from, and `describe()`, the record of all that which
+batch commands write into sidecars and summaries. `load` builds one through
+`rainkit.hub.load_model` (verified weights, strict keys). `TiledEngine` adds what the engines for
+whole photos share: the tile size for an image, from the user's choice or the memory budget
+(`rainkit.tiling`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rainkit.errors import RainkitError
+
+if TYPE_CHECKING:  # torch is imported on first use, so that importing an engine's module stays light
+    import torch
+    from torch import nn
+
+    from rainkit.hub.weights import ResolvedWeights
+
+
+class InferenceEngine:
+    """A loaded model ready to run: `model` on `device`, forward passes in `precision`.
+
+    `weights` is what `rainkit.hub.load_model` resolved (None for a model built in code, as in
+    tests). An unknown device or a precision the device cannot run fails here, before any work.
+    """
+
+    arch: str = ""  # the registered architecture name, recorded by `describe`
+
+    def __init__(self, model: nn.Module, device: torch.device | str, *, precision: str = "fp32",
+                 weights: ResolvedWeights | None = None, arch: str | None = None) -> None:
+        from rainkit.hub import resolve_device, resolve_precision
+
+        self.model = model
+        self.device = resolve_device(device)
+        self._precision = resolve_precision(precision, self.device)
+        self.precision = self._precision.name
+        self.weights_path: Path | None = weights.path if weights is not None else None
+        self.weights_sha256: str | None = weights.sha256 if weights is not None else None
+        self.weights_name: str | None = weights.entry.name if weights is not None and weights.entry else None
+        if arch is not None:
+            self.arch = arch
+
+    @classmethod
+    def load(cls, arch: str, weights: str | Path | None, *, device: str | torch.device = "auto",
+             precision: str = "fp32", **options: Any):
+        """Resolve the device and precision, load verified weights into `arch` and build the engine."""
+        from rainkit.hub import load_model, resolve_device, resolve_precision
+
+        dev = resolve_device(device)
+        resolve_precision(precision, dev)  # an unavailable precision fails before the weights are read
+        model, resolved = load_model(arch, None if weights is None else str(weights), device=dev)
+        return cls(cls.prepare_model(model, arch, dev), dev, precision=precision, weights=resolved, arch=arch,
+                   **options)
+
+    @classmethod
+    def prepare_model(cls, model: nn.Module, arch: str, device: torch.device) -> nn.Module:
+        """Check that a loaded network fits this engine and put it in the layout it runs fastest in."""
+        return model
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def autocast(self):
+        """A context manager running the forward passes inside it in this engine's precision."""
+        return self._precision.autocast()
+
+    def describe(self) -> dict:
+        """What produced an output: model, weights (name, else path) and sha256, device, precision."""
+        return {
+            "model": self.arch,
+            "weights": self.weights_name or (str(self.weights_path) if self.weights_path else None),
+            "weights_sha256": self.weights_sha256,
+            "device": str(self.device),
+            "precision": self.precision,
+        }
+
+
+class TiledEngine(InferenceEngine, ABC):
+    """An engine that runs large images in tiles.
+
+    `tile`: None picks the largest tile that fits `memory_budget` (bytes; None: from available
+    memory), 0 when the whole image fits; 0 forces the whole image; a positive value forces that
+    tile side. `halo` and `blend` are the context and the blend margin each tile carries.
+    `last_tile` is the tile side the last image ran with (0: whole).
+    """
+
+    align = 1  # tile edges fall on multiples of this (a network's total stride)
+
+    def __init__(self, model: nn.Module, device: torch.device | str, *, tile: int | None = None, halo: int | None = None,
+                 blend: int = 0, memory_budget: int | None = None, **base: Any) -> None:
+        super().__init__(model, device, **base)
+        if tile is not None and tile < 0:
+            raise RainkitError(f"--tile must be 0 (off) or a positive size, got {tile}")
+        self.tile = tile
+        self.halo = halo
+        self.blend = blend
+        self.memory_budget = memory_budget
+        self.last_tile = 0
+
+    @abstractmethod
+    def bytes_per_pixel(self) -> int:
+        """Working memory of a forward pass per pixel of its input, in this engine's precision."""
+
+    @abstractmethod
+    def tile_margin(self) -> int:
+        """The context a tile carries on each side beyond its core (halo + blend)."""
+
+    def choose_tile(self, height: int, width: int) -> int:
+        """The tile side for an image: the user's, or the largest that fits the memory budget (0 = whole)."""
+        from rainkit.tiling import tile_for_budget
+
+        side = tile_for_budget(height, width, self.tile, self.memory_budget, self.device, self.bytes_per_pixel(),
+                               self.tile_margin())
+        return side if self.tile is not None or side == 0 else side // self.align * self.align
