@@ -86,7 +86,7 @@ def test_physics_record_and_method_choice(tmp_path, capsys):
     src = _photo(tmp_path)
     assert main(["generate", str(src), str(tmp_path / "out"), "--seed", "2", "--method", "physics"]) == 0
     record = json.loads((tmp_path / "out" / "rainkit-generate.json").read_text())
-    assert set(record) == {"rainkit_version", "method", "domain", "preset", "intensity", "seed", "pairs"}
+    assert set(record) == {"rainkit_version", "method", "domain", "preset", "intensity", "seed", "pairs", "fall_speed"}
     assert record["method"] == "physics" and record["preset"] == "light"
     assert choose_method("physics", "rain").method == "physics"
     assert choose_method("auto", "fog").method == "physics"  # no learned fog weights are registered
