@@ -8,6 +8,7 @@ import torch
 from rainkit.hub import create_model
 from rainkit.models.espnet import ESPNET_MEAN_BGR, ESPNET_STD_BGR, ROAD, SKY, Segmenter, load_segmenter, normalize_rgb
 from tests.conftest import rainy_like, shared_file
+import tests.tolerances as TOL
 
 CAMVID_FRAME = "data/weather/clear/camvid_segnet/0006R0_f02130.jpg"
 
@@ -25,7 +26,7 @@ def test_normalisation_is_the_official_scripts():
     rgb = torch.rand(1, 3, 4, 5)
     bgr255 = rgb.flip(1)[0].numpy().transpose(1, 2, 0) * 255.0
     expected = (bgr255 - np.array(ESPNET_MEAN_BGR)) / np.array(ESPNET_STD_BGR) / 255.0
-    np.testing.assert_allclose(normalize_rgb(rgb)[0].numpy().transpose(1, 2, 0), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(normalize_rgb(rgb)[0].numpy().transpose(1, 2, 0), expected, rtol=TOL.FP32_SUM, atol=TOL.FP32)
 
 
 def test_catalog_entry_names_the_upstream_file():

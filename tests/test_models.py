@@ -10,6 +10,7 @@ from rainkit.hub import create_model
 from rainkit.hub.checkpoint import load_state_dict_strict, read_state_dict
 from rainkit.models import PooledStats
 from tests.conftest import rainy_like, shared_file
+import tests.tolerances as TOL
 
 
 def _image_tensor(h=40, w=56, seed=0):
@@ -26,9 +27,9 @@ def test_fast_forward_equals_reference(arch):
         fast = model(x)
         channels_last = model(x.contiguous(memory_format=torch.channels_last))
         batch = model(torch.cat([x, x.flip(-1)]))  # the batched path
-    assert torch.allclose(fast, reference, atol=1e-5)
-    assert torch.allclose(channels_last, reference, atol=1e-5)
-    assert torch.allclose(batch[:1], reference, atol=1e-5)
+    assert torch.allclose(fast, reference, atol=TOL.FP32_NETWORK)
+    assert torch.allclose(channels_last, reference, atol=TOL.FP32_NETWORK)
+    assert torch.allclose(batch[:1], reference, atol=TOL.FP32_NETWORK)
 
 
 def test_training_path_gradients_equal_the_reference():
@@ -40,7 +41,7 @@ def test_training_path_gradients_equal_the_reference():
     model.zero_grad()
     model.forward_reference(x).square().mean().backward()
     for name, param in model.named_parameters():
-        assert torch.allclose(fast[name], param.grad, atol=1e-6, rtol=1e-4), name
+        assert torch.allclose(fast[name], param.grad, atol=TOL.FP32_GRAD_ABS, rtol=TOL.FP32_GRAD_REL), name
     assert sum(int(g.abs().sum() > 0) for g in fast.values()) >= len(fast) - 2  # all but a dead ReLU branch learn
 
 
@@ -62,7 +63,7 @@ def test_pooled_stats_with_true_means_reproduce_whole_image():
         stats.fix()
         fixed = model(x, pooled=stats)  # pools to the recorded means
     assert sorted(stats.mean) == list(range(2 * 2 * 2))  # stages x blocks x CRA layers per block
-    assert torch.allclose(whole, fixed, atol=1e-6)
+    assert torch.allclose(whole, fixed, atol=TOL.FP32)
 
 
 @pytest.mark.parametrize("arch,relative,params", [

@@ -30,3 +30,14 @@ PUBLISHED_PSNR = 0.005
 PUBLISHED_SSIM = 0.0002
 # A term that is zero in exact arithmetic (LPIPS of an image with itself) after float32 convolutions.
 ZERO_FP32 = 1e-7
+# Networks evaluated two ways in float32 (the fast path vs the official forward, channels-last vs NCHW, one image of a
+# batch): convolution sums of some hundred terms in another order.
+FP32_NETWORK = 1e-5
+# Gradients of the fast path vs the official forward: the same sums, and their chain through the LSTM.
+FP32_GRAD_ABS, FP32_GRAD_REL = 1e-6, 1e-4
+# Tiled vs whole-image deraining: the halo covers the receptive field and the pooled statistics are the whole
+# image's, so what is left is float32 rounding (well above 60 dB PSNR; measured ~157 dB on the tiny variants).
+TILED_VS_WHOLE_DB = 60.0
+# CPU bf16 vs fp32 of a tiny variant: bf16 rounds activations to 8 bits of mantissa (measured ~75 dB, at most 8e-4).
+BF16_VS_FP32_DB = 50.0
+BF16_MAX_ABS = 0.5 / 255
