@@ -49,7 +49,7 @@ def worker(args) -> None:
     import numpy as np
     import torch
 
-    from rainkit.tpsence.generate import load_generator, pad_to_multiple
+    from rainkit.synth.tpsence import load_generator, pad_to_multiple
 
     image = _image(args.image, args.size)
     generator = load_generator(args.weights, "cpu", tile=0 if args.variant == "whole" else None)
@@ -73,7 +73,7 @@ def worker(args) -> None:
 
 def _seam_lines(height: int, width: int, tile: int, halo: int, blend: int) -> tuple[list[int], list[int]]:
     from rainkit.tiling import plan_tiles
-    from rainkit.tpsence.generate import ALIGN
+    from rainkit.synth.tpsence import ALIGN
 
     padded_h, padded_w = -(-height // 4) * 4, -(-width // 4) * 4
     boxes = plan_tiles(padded_h, padded_w, tile, halo, blend, align=ALIGN)

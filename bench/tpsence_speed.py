@@ -50,7 +50,7 @@ def worker(args) -> None:
     import numpy as np
     import torch
 
-    from rainkit.tpsence.generate import load_generator, pad_to_multiple
+    from rainkit.synth.tpsence import load_generator, pad_to_multiple
 
     image = _image(args)
     tile = args.tile if args.variant == "rainkit-tiled" else 0

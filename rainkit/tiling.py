@@ -21,7 +21,7 @@ How many sweeps the record phase takes is the network's choice. SAPNet records a
 in one sweep, each tile pooling the layers after the first with its own means meanwhile (a
 close approximation: 1 sweep instead of 60). TPSeNCE records one instance-norm layer per sweep,
 the layers before it already fixed, so its statistics are exactly the whole image's (23 chained
-normalisations make the one-sweep shortcut visibly wrong there; `rainkit.tpsence.generate`).
+normalisations make the one-sweep shortcut visibly wrong there; `rainkit.synth.tpsence`).
 
 Also here: the memory-based choice of the tile size (`tile_for_budget`).
 """
@@ -96,7 +96,7 @@ class TileStats:
     input over the current tile's core; `fix()` turns what was recorded into `mean[k]` (and, with
     `second_moment`, the biased variance `var[k]`), as float32 (N, C) tensors. Subclasses say how
     a layer uses them: `rainkit.models.recurrent.PooledStats` (SAPNet's pooled means) and
-    `rainkit.tpsence.generate.NormStats` (instance-norm mean and variance). Without a tile
+    `rainkit.synth.tpsence.NormStats` (instance-norm mean and variance). Without a tile
     (`begin_tile` not called) the region is the whole tensor.
     """
 

@@ -66,7 +66,7 @@ def test_global_pooling_is_what_makes_small_tiles_exact():
 
 
 def test_tile_stats_record_over_the_core_at_every_resolution():
-    from rainkit.tpsence.generate import NormStats
+    from rainkit.synth.tpsence import NormStats
 
     torch.manual_seed(0)
     x = torch.rand(1, 3, 16, 24)
@@ -85,7 +85,7 @@ def test_tile_stats_record_over_the_core_at_every_resolution():
 
 
 def test_norm_stats_of_the_whole_image_reproduce_instance_norm():
-    from rainkit.tpsence.generate import NormStats
+    from rainkit.synth.tpsence import NormStats
 
     x = torch.randn(1, 5, 12, 10) * 3 + 1
     stats = NormStats()
@@ -140,7 +140,7 @@ def test_cpu_bf16_is_close_to_fp32_and_tiles_like_fp32(arch):
 def test_engines_share_device_precision_and_describe():
     from rainkit.errors import DeviceError, RainkitError
     from rainkit.models.espnet import Segmenter
-    from rainkit.tpsence.generate import WeatherGenerator
+    from rainkit.synth.tpsence import WeatherGenerator
 
     derainer = _derainer("prenet", None, precision="bf16")
     assert derainer.describe() == {"model": "prenet", "weights": None, "weights_sha256": None, "device": "cpu",

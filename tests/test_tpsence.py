@@ -204,7 +204,7 @@ TRAIN = ["samples_per_epoch=4", "plot_curves=false"]
 
 def test_config_defaults_are_the_papers_and_overrides_are_typed(tmp_path):
     from rainkit.errors import RainkitError
-    from rainkit.tpsence import TPSeNCEConfig
+    from rainkit.train.tpsence_config import TPSeNCEConfig
 
     c = TPSeNCEConfig()
     assert (c.ngf, c.n_blocks, c.ndf, c.n_layers_d, c.num_patches, c.nce_t, c.nce_layers) == (64, 9, 64, 3, 256, 0.07,
@@ -255,7 +255,7 @@ def test_resume_is_exact_and_sigterm_checkpoints(tmp_path):
 
 def test_outputs_samples_curves_and_exported_generator(tmp_path):
     from rainkit.hub.weights import sha256_file
-    from rainkit.tpsence import load_generator
+    from rainkit.synth.tpsence import load_generator
     from rainkit.train.tpsence import train_tpsence
 
     result = train_tpsence(_tiny(f"out={tmp_path}", "sample_every=2", "log_every=1", *TRAIN, "plot_curves=true"),
@@ -332,7 +332,7 @@ def test_folders_are_segmented_once_with_a_label_cache(tmp_path):
 
 def test_fp16_export_loads_into_fp32(tmp_path):
     from rainkit.hub.checkpoint import read_metadata
-    from rainkit.tpsence import load_generator
+    from rainkit.synth.tpsence import load_generator
     from rainkit.train.tpsence import train_tpsence
 
     result = train_tpsence(_tiny(f"out={tmp_path}", "export_fp16=true", "max_steps=1", *TRAIN), *_data())
@@ -374,7 +374,7 @@ def _random_generator(gain=1.0):
 
 def test_tiled_generation_equals_the_whole_image_pass():
     """Tolerance: 1e-4 absolute on [0, 1] outputs (measured ~1e-7 to 1e-5: summation order only)."""
-    from rainkit.tpsence.generate import WeatherGenerator
+    from rainkit.synth.tpsence import WeatherGenerator
 
     model = _random_generator()
     image = rainy_like(75, 98, seed=4)  # not a multiple of 4: padded, then cropped back
@@ -391,7 +391,7 @@ def test_tiled_generation_equals_the_whole_image_pass():
 def test_tile_local_statistics_would_show_seams():
     """The check above is sensitive: normalising each tile with its own statistics is far off."""
     from rainkit.tiling import plan_tiles
-    from rainkit.tpsence.generate import ALIGN, pad_to_multiple
+    from rainkit.synth.tpsence import ALIGN, pad_to_multiple
 
     model = _random_generator()
     x = pad_to_multiple(torch.from_numpy(rainy_like(75, 98, seed=4).transpose(2, 0, 1).copy())[None] * 2 - 1)
@@ -405,7 +405,7 @@ def test_tile_local_statistics_would_show_seams():
 
 
 def test_generation_never_resizes():
-    from rainkit.tpsence.generate import WeatherGenerator
+    from rainkit.synth.tpsence import WeatherGenerator
 
     model = _random_generator(0.02)
     image = rainy_like(37, 53, seed=5)

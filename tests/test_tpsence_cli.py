@@ -209,7 +209,7 @@ def test_generate_tpsence_native_resolution_reproducible_and_recorded(tiny_gener
 
 
 def test_work_width_adds_weather_made_at_that_width_to_the_full_resolution_photo(tiny_generator_file, tmp_path):
-    from rainkit.tpsence.generate import load_generator
+    from rainkit.synth.tpsence import load_generator
 
     rgb = cv2.cvtColor(cv2.imread(str(_photo(tmp_path, h=60, w=80))), cv2.COLOR_BGR2RGB).astype(np.float32) / 255
     native = load_generator(tiny_generator_file)
@@ -235,7 +235,7 @@ def test_registered_domain_weights_are_used_by_tpsence_and_auto(tiny_generator_f
     from rainkit import registry
     from rainkit.hub.weights import sha256_file
     from rainkit.registry import WeightsEntry, list_weights
-    from rainkit.tpsence.generate import default_generator_weights
+    from rainkit.synth.tpsence import default_generator_weights
 
     assert default_generator_weights("snow") is None
     list_weights()  # the built-in entries first

@@ -22,7 +22,7 @@ the outputs of the 1st and 5th residual blocks), and the parameter names (`model
 
 The instance-norm layers are plain `nn.InstanceNorm2d` (no affine parameters, no running
 statistics); to tile large images, the generation engine runs the generator op by op and
-normalises every tile with the whole image's statistics (see `rainkit.tpsence.generate`).
+normalises every tile with the whole image's statistics (see `rainkit.synth.tpsence`).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """`rainkit generate` as one call: add weather to files, resumable, with a run record.
 
 Two methods: `physics` (rainkit.synth.physics, seeded per image) and `tpsence`, a learned
-TPSeNCE generator (rainkit.tpsence.generate: native resolution, seam-free tiles). `auto` picks the
+TPSeNCE generator (rainkit.synth.tpsence: native resolution, seam-free tiles). `auto` picks the
 learned generator when weights for the domain are registered and present (`tpsence.<domain>`, see
-`rainkit.tpsence.generate.default_generator_weights`), otherwise physics; `choose_method` says which
+`rainkit.synth.tpsence.default_generator_weights`), otherwise physics; `choose_method` says which
 and why.
 """
 
@@ -43,7 +43,7 @@ class GenerateSettings:
     device: str = "auto"  # tpsence
     precision: str = "fp32"  # tpsence
     tile: int | None = None  # tpsence: None = automatic, 0 = whole image
-    work_width: int = 0  # tpsence: 0 = native resolution; W = make the weather at W px wide (rainkit.tpsence.generate)
+    work_width: int = 0  # tpsence: 0 = native resolution; W = make the weather at W px wide (rainkit.synth.tpsence)
     fall_speed: float = DEFAULT_RAIN_FALL  # physics video: pixels a frame of the nearest rain at the 480 px reference
 
     def validate(self) -> None:
@@ -94,7 +94,7 @@ def choose_method(method: str, domain: str, weights: str | None = None) -> Metho
     if weights:
         resolve_weights(weights)  # a missing or unverified file fails here, in one line, before any work
         return MethodChoice("tpsence", str(weights), f"learned TPSeNCE generator ({weights})")
-    from rainkit.tpsence.generate import default_generator_weights
+    from rainkit.synth.tpsence import default_generator_weights
 
     entry = default_generator_weights(domain)
     if entry is None:
@@ -166,7 +166,7 @@ def generate_paths(
                   "preset": settings.preset, "intensity": settings.intensity, "seed": settings.seed, "pairs": pairs,
                   "fall_speed": settings.fall_speed}
     else:
-        from rainkit.tpsence.generate import load_generator
+        from rainkit.synth.tpsence import load_generator
 
         generator = load_generator(settings.weights, settings.device, settings.precision, tile=settings.tile,
                                    work_width=settings.work_width)
