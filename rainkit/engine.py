@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rainkit.errors import RainkitError
+from rainkit.errors import ParameterError
 
 if TYPE_CHECKING:  # torch is imported on first use, so that importing an engine's module stays light
     import torch
@@ -98,7 +98,7 @@ class TiledEngine(InferenceEngine, ABC):
                  blend: int = 0, memory_budget: int | None = None, **base: Any) -> None:
         super().__init__(model, device, **base)
         if tile is not None and tile < 0:
-            raise RainkitError(f"--tile must be 0 (off) or a positive size, got {tile}")
+            raise ParameterError("tile", f"must be 0 (off) or a positive size, got {tile}")
         self.tile = tile
         self.halo = halo
         self.blend = blend

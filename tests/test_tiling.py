@@ -153,7 +153,7 @@ def test_engines_share_device_precision_and_describe():
                                     "precision": "fp32", "width": 320}
     with pytest.raises(DeviceError, match="fp16 needs a CUDA device"):
         _derainer("prenet", 0, precision="fp16")
-    with pytest.raises(RainkitError, match="--tile must be 0"):
+    with pytest.raises(RainkitError, match="tile: must be 0"):
         _derainer("prenet", -8)
     with pytest.raises(RainkitError, match="work width must be 0"):
         WeatherGenerator(create_model("tpsence", "tiny"), "cpu", work_width=-1)

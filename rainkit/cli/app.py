@@ -34,12 +34,12 @@ VIDEO_HELP = {
 
 # Library parameters whose command-line option is not simply `--name-with-dashes`, per command.
 OPTION_NAMES: dict[str, dict[str, str]] = {
-    "detect": {"derained_dir": "--derained", "inputs": "IMAGES", "output": "--output"},
+    "detect": {"derained_dir": "--derained", "inputs": "IMAGES", "output": "--output", "weights": "--derain-weights"},
     "derain": {"inputs": "INPUTS", "frames_dir": "--frames"},
     "generate": {"output": "PATHS (the output folder comes last)", "inputs": "PATHS", "frames_dir": "--frames"},
     "segment": {"inputs": "INPUTS"},
     "benchmark": {"models": "--model"},
-    "train": {"segmenter=espnet": "--segmenter espnet", "sence=false": "--set sence=false", "patch": "--set patch=N"},
+    "train": {"sence=false": "--set sence=false", "patch": "--set patch=N", "val_fraction": "--set val_fraction=F"},
 }
 
 
@@ -47,7 +47,11 @@ def option_name(command: str | None, parameter: str) -> str:
     """The command-line name of a library parameter, for messages (a name already given as an option stays)."""
     if parameter.startswith("-"):
         return parameter
-    return OPTION_NAMES.get(command or "", {}).get(parameter, "--" + parameter.replace("_", "-"))
+    named = OPTION_NAMES.get(command or "", {}).get(parameter)
+    if named is not None:
+        return named
+    name, _, value = parameter.partition("=")
+    return "--" + name.replace("_", "-") + (f" {value}" if value else "")
 
 
 def say_options(command: str | None, text: str) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from rainkit.data.images import IMAGE_SUFFIXES
-from rainkit.errors import DatasetError
+from rainkit.errors import DatasetError, ParameterError
 
 PRENET_LAYOUT = "rainy/rain-NNN.png with norain-NNN.png beside rainy/ (PReNet) or in norain/"
 
@@ -131,7 +131,7 @@ class Dataset:
         if limit is None or limit >= len(self.pairs):
             return self
         if limit < 1:
-            raise DatasetError(f"--limit must be at least 1, got {limit}")
+            raise ParameterError("limit", f"must be at least 1, got {limit}")
         pairs = self.pairs[:limit]
         return Dataset(self.name, self.title, self.root, self.rainy_dir, self.clean_dir, self.layout, self.pairing,
                        pairs, _size_counts(pairs), self.spec)
@@ -511,7 +511,7 @@ def resolve_dataset(name: str, data_root: str | os.PathLike | None = None) -> Da
             looked = "; ".join(f"{root} ({source})" for root, source in roots)
             raise DatasetError(
                 f"dataset '{spec.name}' not found: no folder named {' or '.join(spec.folder_names)} in {looked}; "
-                f"expected layout {spec.layout}; point --data-root or RAINKIT_DATA at the folder holding it"
+                f"expected layout {spec.layout}; point `data_root` or RAINKIT_DATA at the folder holding it"
             )
         try:
             layout = detect_layout(folder)
@@ -523,7 +523,7 @@ def resolve_dataset(name: str, data_root: str | os.PathLike | None = None) -> Da
     if folder is None:
         known = ", ".join(DATASETS)
         raise DatasetError(f"unknown dataset '{name}' (known: {known}); or give a dataset folder, "
-                           "--pairs RAINY_DIR CLEAN_DIR, or --images DIR")
+                           "`pairs` RAINY_DIR CLEAN_DIR, or `images` DIR")
     return _build(folder.name, f"{folder.name} (folder)", folder, detect_layout(folder), None)
 
 

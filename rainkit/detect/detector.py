@@ -34,7 +34,7 @@ import numpy as np
 
 from rainkit.detect.metrics import Detections
 from rainkit.engine import InferenceEngine
-from rainkit.errors import RainkitError, WeightsError
+from rainkit.errors import ParameterError, RainkitError, WeightsError
 
 DEFAULT_DETECTOR = "yolo11n.pt"  # Ultralytics YOLO11 nano, COCO (80 classes); AGPL-3.0
 EXPORT_SUFFIXES = ("_openvino_model", "_saved_model", "_ncnn_model", "_paddle_model", "_mnn_model", "_imx_model",
@@ -115,7 +115,7 @@ def resolve_detector(spec: str | os.PathLike | None = None, *, download: bool = 
             resolve_weights(path)  # a file named like a registered detector must be that file
         return path
     if os.sep in name or (os.altsep and os.altsep in name) or name.startswith("."):
-        raise WeightsError(f"--detector {name}: no such file or folder")
+        raise ParameterError("detector", f"{name}: no such file or folder")
     cached = ultralytics_dir() / "weights" / name
     entry = _registered_detector(name)
     if cached.exists():
@@ -131,10 +131,10 @@ def resolve_detector(spec: str | os.PathLike | None = None, *, download: bool = 
             return status.path
     known = _known_assets()
     if known is not None and name not in known:
-        raise WeightsError(f"--detector {name}: not a file, and not a model Ultralytics publishes "
+        raise ParameterError("detector", f"{name}: not a file, and not a model Ultralytics publishes "
                            f"(e.g. {DEFAULT_DETECTOR}, yolov8n.pt); pass a path to local weights")
     offline_hint = (f"no local detector weights: '{name}' is not in {cached.parent} and could not be downloaded "
-                    f"(offline?); pass --detector PATH (a YOLO .pt file or an exported model folder such as "
+                    f"(offline?); pass `detector` PATH (a YOLO .pt file or an exported model folder such as "
                     f"yolov8n_int8_openvino_model), or put {name} in {cached.parent}")
     if not download:
         raise WeightsError(offline_hint)
@@ -299,7 +299,7 @@ class YoloDetector(InferenceEngine):
         if fixed:
             fixed = (int(fixed[0]), int(fixed[1])) if isinstance(fixed, (list, tuple)) else (int(fixed), int(fixed))
             if imgsz is not None and max(fixed) != imgsz:
-                raise RainkitError(f"{path}: this export takes {fixed[1]}x{fixed[0]} inputs only; pass --imgsz {max(fixed)}")
+                raise RainkitError(f"{path}: this export takes {fixed[1]}x{fixed[0]} inputs only; pass `imgsz` {max(fixed)}")
             self.imgsz = fixed
         else:
             size = int(imgsz or VAL_IMGSZ)

@@ -35,7 +35,7 @@ from rainkit.detect.drawing import draw_panel, side_by_side, write_chart
 from rainkit.detect.inputs import Entry, attach_clean, collect_entries, find_by_key, resolve_classes
 from rainkit.detect.metrics import Detections, GroundTruth, MapAccumulator, image_recall
 from rainkit.detect.results import CONDITIONS, ConditionSummary, DetectResult, ImageRecord
-from rainkit.errors import InputError, ParameterError, WeightsError
+from rainkit.errors import InputError, ParameterError
 from rainkit.io.batch import Job, run_batch
 
 PANEL_ORDER = ("rainy", "derained", "clean")
@@ -173,11 +173,8 @@ def run_detect(
     if derain and derainer is None and settings.derained_dir is None:
         from rainkit.derain.engine import load_derainer
 
-        try:
-            derainer = load_derainer(settings.derain_model, settings.derain_weights, device=settings.device,
-                                     precision=settings.precision, tile=settings.tile)
-        except WeightsError as exc:  # the message names derain's option; here it is the derainer's weights
-            raise type(exc)(str(exc).replace("--weights", "--derain-weights")) from None
+        derainer = load_derainer(settings.derain_model, settings.derain_weights, device=settings.device,
+                                 precision=settings.precision, tile=settings.tile)
     if detector is None:
         from rainkit.detect.detector import load_detector
 

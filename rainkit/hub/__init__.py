@@ -49,8 +49,8 @@ def load_model(name: str, weights: str | None = None, device="cpu", strict: bool
         default = default_weights_for(spec.name)
         if default is None:
             raise WeightsError(
-                f"no default weights for '{spec.name}' yet: pass --weights NAME_OR_PATH "
-                f"(see `rainkit weights list`; e.g. `rainkit weights fetch sapnet.official` then --weights sapnet.official)"
+                f"no default weights for '{spec.name}' yet: pass `weights` NAME_OR_PATH "
+                f"(see `rainkit weights list`; e.g. `rainkit weights fetch sapnet.official`, then that name as `weights`)"
             )
         weights = default.name
     if is_registered_weights(str(weights)) and get_weights(str(weights)).arch != spec.name:

@@ -122,7 +122,7 @@ def expand_inputs(specs: Sequence[str], *, recursive: bool = False,
             files = _folder_files(path, recursive, media)
             if not files:
                 out.append(Unmatched(spec, f"{spec}: no images in folder"
-                                     + ("" if recursive else " (use recursive=True / --recursive for sub-folders)")))
+                                     + ("" if recursive else " (use `recursive` for sub-folders)")))
             for file in files:
                 problem = link_problem(file)
                 out.append(Found(file, path, spec, f"{file}: {problem}" if problem else None))

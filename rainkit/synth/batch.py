@@ -69,9 +69,9 @@ class MethodChoice:
 
 
 def no_learned_weights_message(domain: str) -> str:
-    return (f"no learned {domain} generator is registered yet (weights 'tpsence.{domain}'): use --method physics, "
+    return (f"no learned {domain} generator is registered yet (weights 'tpsence.{domain}'): use `method=physics`, "
             f"or train one with `rainkit train tpsence --domain {domain} --clear DIR --target DIR` and pass "
-            f"--weights RUN/generator.safetensors")
+            f"`weights` RUN/generator.safetensors")
 
 
 def choose_method(method: str, domain: str, weights: str | None = None) -> MethodChoice:
@@ -87,7 +87,7 @@ def choose_method(method: str, domain: str, weights: str | None = None) -> Metho
         raise RainkitError(f"unknown method '{method}' (available: {', '.join(METHODS)})")
     if method == "physics":
         if weights:
-            raise RainkitError("--weights is for the learned generator: use --method tpsence (or auto), not physics")
+            raise ParameterError("weights", "is for the learned generator: use `method=tpsence` (or auto), not physics")
         return MethodChoice("physics", None, "physics model")
     from rainkit.hub.weights import check_weights, resolve_weights
 
@@ -118,7 +118,7 @@ def _check_record(record_path: Path, record: dict) -> None:
     changed = {k: (previous.get(k), v) for k, v in record.items() if k not in _UNCOMPARED and previous.get(k) != v}
     if changed:
         raise RainkitError(f"{record_path}: this folder was generated with other settings {changed}; "
-                           f"use another output folder or --overwrite")
+                           f"use another output folder or `overwrite`")
 
 
 def generate_paths(

@@ -54,7 +54,7 @@ class PatchDataset:
         if small:
             raise DatasetError(f"{len(small)} training image(s) smaller than the {patch}px patch, e.g. {small[0]}")
         if synthesize_preset is None and any(s.rainy is None for s in sources):
-            raise DatasetError("clean-only images need a rain preset to synthesise pairs (--synthesize)")
+            raise DatasetError("clean-only images need a rain preset to synthesise pairs (`synthesize`)")
         self.sources = sources
         self.patch = patch
         self.per_image = patches_per_image
@@ -263,7 +263,7 @@ def prepare_training_data(config) -> TrainingData:
     """
     folders = [Path(p).expanduser() for p in (config.data if isinstance(config.data, list) else [config.data]) if p]
     if not folders:
-        raise DatasetError("no training data: give --data FOLDER (paired, or clean images with --synthesize PRESET)")
+        raise DatasetError("no training data: give `data` FOLDER (paired, or clean images with `synthesize` PRESET)")
     listed: list[tuple[Path | None, Path]] = []
     split_key: dict[Path, str] = {}  # the split hashes names within each folder, so it is the same from any cwd
     for folder in folders:
@@ -280,7 +280,7 @@ def prepare_training_data(config) -> TrainingData:
         val_listed = [pair for pair in listed if _split_is_val(split_key[pair[1]], config.seed, config.val_fraction)]
         train_listed = [pair for pair in listed if pair not in val_listed]
         if not train_listed:
-            raise DatasetError("the validation split left no training images: lower val_fraction or give --val")
+            raise DatasetError("the validation split left no training images: lower `val_fraction` or give `val`")
     train_sources, skipped = load_sources(train_listed)
     small = [s.name for s in train_sources if min(s.clean.shape[:2]) < config.patch]
     train_sources = [s for s in train_sources if min(s.clean.shape[:2]) >= config.patch]
