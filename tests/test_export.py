@@ -208,6 +208,23 @@ def test_backend_takes_an_exported_file(exported, tiny_checkpoints, tmp_path):
         load_onnx_derainer("prenet", str(tmp_path / "missing.onnx"))
 
 
+def test_an_image_too_big_for_memory_fails_alone_and_the_batch_goes_on(exported, tmp_path):
+    from rainkit.derain.batch import derain_files
+    from rainkit.io.batch import plan_jobs
+
+    for name, (height, width) in {"small.png": (20, 30), "big.png": (60, 90)}.items():
+        cv2.imwrite(str(tmp_path / name), (rainy_like(height, width) * 255).astype(np.uint8))
+    derainer = load_onnx_derainer("sapnet", str(exported["sapnet"].onnx_path))
+    derainer.memory_budget = 40 * 60 * 1450 * 8 // 32  # room for 40x60 pixels at the tiny width of 8
+    jobs = plan_jobs([str(tmp_path / "big.png"), str(tmp_path / "small.png")], tmp_path / "out", fmt="png",
+                     beside_suffix="_derained")
+    result = derain_files(derainer, jobs)
+    status = {item.input: item for item in result.items}
+    assert not result.ok and (tmp_path / "out" / "small.png").is_file() and not (tmp_path / "out" / "big.png").exists()
+    failed = status[str(tmp_path / "big.png")]
+    assert failed.status == "failed" and "90x60 image needs about" in failed.error and "--backend torch" in failed.error
+
+
 def test_backend_refuses_what_it_cannot_do(tiny_checkpoints):
     weights = str(tiny_checkpoints["sapnet"])
     with pytest.raises(ParameterError, match="whole images") as info:
@@ -238,7 +255,7 @@ def test_cli_export_and_derain_with_onnxruntime(tiny_checkpoints, tmp_path, caps
                  "--backend", "onnxruntime", "--tile", "64"]) == 1
     assert "--tile" in capsys.readouterr().err
     assert main(["export", "espnet", "-o", str(tmp_path / "e.onnx")]) == 1
-    assert "cannot be exported" in capsys.readouterr().err
+    assert "MODEL: 'espnet' cannot be exported" in capsys.readouterr().err
 
 
 def test_export_help_imports_neither_torch_nor_onnx():

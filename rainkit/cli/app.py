@@ -30,6 +30,7 @@ OPTION_NAMES: dict[str, dict[str, str]] = {
     "detect": {"derained_dir": "--derained", "inputs": "IMAGES", "output": "--output"},
     "generate": {"output": "PATHS (the output folder comes last)", "inputs": "PATHS"},
     "derain": {"inputs": "INPUTS"},
+    "export": {"arch": "MODEL"},
     "segment": {"inputs": "INPUTS"},
 }
 

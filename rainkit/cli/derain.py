@@ -85,7 +85,7 @@ def _render(result) -> None:
         f"weights {escape(str(settings.get('weights')))} (sha256 {str(settings.get('weights_sha256'))[:12]}), "
         f"{settings.get('device')} {settings.get('precision')}", highlight=False)
     if settings.get("backend") == "onnxruntime":
-        first = "; exported from the weights on this first use, reused from now on" if settings.get("onnx_exported") else ""
-        console.print(f"onnxruntime ({settings.get('provider')}), whole images: ONNX {escape(str(settings.get('onnx')))} "
-                      f"(sha256 {str(settings.get('onnx_sha256'))[:12]}{first})", highlight=False, soft_wrap=True)
+        first = "; exported from the weights on this first use, reused from now on" if settings["onnx_exported"] else ""
+        console.print(f"onnxruntime ({settings['provider']}), whole images: ONNX {escape(settings['onnx'])} "
+                      f"(sha256 {settings['onnx_sha256'][:12]}{first})", highlight=False, soft_wrap=True)
     print_failures(result)

@@ -32,6 +32,11 @@ from rainkit.export.onnx import (METADATA_KEY, OPSET, build_onnx, card_path, cpu
 from rainkit.io.batch import sha256_bytes
 
 PROVIDER = "CPUExecutionProvider"
+# Peak memory of a whole-image run on the CPU provider, per pixel, for 32 feature channels: measured
+# 1230-1430 bytes (SAPNet and PReNet, 240x160 to 962x642); it scales with the width.
+_BYTES_PER_PIXEL_WIDTH32 = 1450
+# The share of available memory a whole image may take before it is refused.
+_MEMORY_SHARE = 0.8
 
 
 def onnx_cache_dir() -> Path:
@@ -57,6 +62,7 @@ class OnnxDerainer:
     exported_now: bool = False  # True when this load exported the weights into the cache
     tile: int = 0  # always whole images (module doc)
     halo: int = 0
+    memory_budget: int | None = None  # bytes an image may take; None: a share of the available memory
     last_tile: int = field(default=0, init=False)
 
     @property
@@ -75,14 +81,6 @@ class OnnxDerainer:
     def input_name(self) -> str:
         return self.card["inputs"][0]["name"]
 
-    def derain_tensor(self, x):
-        """Derain a (1, 3, H, W) float tensor in [0, 1]; returns the unclamped float output (a torch tensor)."""
-        import torch
-
-        if x.dim() != 4 or x.shape[0] != 1 or x.shape[1] != 3:
-            raise RainkitError(f"expected a (1, 3, H, W) tensor, got {tuple(x.shape)}")
-        return torch.from_numpy(self._run(x.float().numpy()))
-
     def _run(self, x: np.ndarray) -> np.ndarray:
         try:
             return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
@@ -91,9 +89,26 @@ class OnnxDerainer:
             raise RainkitError(f"onnxruntime failed on a {x.shape[3]}x{x.shape[2]} image "
                                f"({text.splitlines()[0][:200] if text else type(exc).__name__})") from None
 
+    def _check_memory(self, height: int, width: int) -> None:
+        """Refuse an image whose whole-image run would not fit, before onnxruntime tries (and the system's
+        OOM killer ends the batch)."""
+        need = height * width * _BYTES_PER_PIXEL_WIDTH32 * self.card.get("arch_kwargs", {}).get("width", 32) // 32
+        budget = self.memory_budget
+        if budget is None:
+            import torch
+
+            from rainkit.derain.engine import _available_memory_bytes
+
+            budget = int(_available_memory_bytes(torch.device("cpu")) * _MEMORY_SHARE)
+        if need > budget:
+            raise RainkitError(f"a {width}x{height} image needs about {need / 2**30:.1f} GiB as a whole image on "
+                               f"onnxruntime, more than the {budget / 2**30:.1f} GiB at hand; --backend torch tiles "
+                               f"big images")
+
     def derain(self, rgb: np.ndarray, on_tile: Callable[[int, int], None] | None = None) -> np.ndarray:
         """Derain an H x W x 3 float32 RGB array in [0, 1], as a whole image; returns H x W x 3 float32,
         not clamped. `on_tile` is never called (there are no tiles)."""
+        self._check_memory(*rgb.shape[:2])
         return self._run(rgb.transpose(2, 0, 1)[None])[0].transpose(1, 2, 0)
 
     def describe(self) -> dict:
@@ -151,7 +166,8 @@ def _given_graph(path: Path) -> tuple[Path, bytes, dict]:
     try:
         model = onnx.load_from_string(data)
     except Exception as exc:  # protobuf's DecodeError and friends
-        raise WeightsError(f"{path}: not a readable ONNX file ({str(exc).strip()[:160] or type(exc).__name__})") from None
+        detail = str(exc).strip()[:160] or type(exc).__name__
+        raise WeightsError(f"{path}: not a readable ONNX file ({detail})") from None
     props = {prop.key: prop.value for prop in model.metadata_props}
     try:
         card = json.loads(props[METADATA_KEY])
