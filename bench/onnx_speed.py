@@ -9,7 +9,8 @@
 The image is Rain100L's rain-001.png from ../shared (481x321), or a synthetic 481x321 image when
 ../shared is absent. After one warm-up each, the variants run in turn, `--repeats` times, so load
 from other processes falls on all of them alike; the figure is the median. Prints seconds, MP/s, the
-ratio to torch and the largest absolute difference of each output to torch's.
+ratio to torch and the largest absolute difference of each output to torch's, and the 1-minute load
+average before and after (other processes on the cores change the ratio: see the README's Speed section).
 
     python bench/onnx_speed.py [--model sapnet] [--weights NAME_OR_PATH] [--repeats 7] [--fp16]
 """
@@ -64,6 +65,7 @@ def main() -> None:
     from rainkit.export.onnx import export_onnx
     from rainkit.export.onnx_engine import load_onnx_derainer
 
+    load_before = os.getloadavg()[0]
     rgb, source = load_image()
     height, width = rgb.shape[:2]
     weights = args.weights or DEFAULT_WEIGHTS[args.model]
@@ -86,7 +88,8 @@ def main() -> None:
     megapixels = height * width / 1e6
     print(f"{args.model} ({weights}) on {source}, {width}x{height}; torch {torch.__version__} with "
           f"{torch.get_num_threads()} threads, onnxruntime {onnxruntime.__version__} (CPUExecutionProvider, default "
-          f"threads); first-use export {export_seconds:.1f} s; median of {args.repeats}")
+          f"threads); first-use export {export_seconds:.1f} s; median of {args.repeats}; load average "
+          f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
     base = statistics.median(times["torch"])
     for name, samples in times.items():
         median = statistics.median(samples)
