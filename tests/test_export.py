@@ -108,6 +108,7 @@ def test_fp16_graph_holds_its_stated_tolerance(arch, tiny_checkpoints, tmp_path)
 
     result = export_onnx(arch, str(tiny_checkpoints[arch]), tmp_path / "half.onnx", dtype="fp16")
     assert result.card["dtype"] == "fp16" and result.card["parity"]["tolerance"] == TOLERANCE["fp16"]
+    assert "slower" in result.card["dtype_note"]
     model = onnx.load(str(result.onnx_path))
     kinds = {init.data_type for init in model.graph.initializer if len(init.dims) == 4}
     assert kinds == {onnx.TensorProto.FLOAT16}, "convolution weights are stored in fp16"

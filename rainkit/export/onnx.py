@@ -44,6 +44,9 @@ MIN_OPSET = 13  # opset 13 is where every operator these graphs use has its curr
 DTYPES = ("fp32", "fp16")
 TOLERANCE = {"fp32": 1e-4, "fp16": 5e-3}
 CARD_SUFFIX = ".json"
+# bench/onnx_speed.py --fp16: SAPNet's fp16 graph took 2.4x the fp32 graph's time on the CPU provider.
+FP16_NOTE = ("weights and arithmetic in fp16, inputs and outputs float32; on onnxruntime's CPU provider this graph "
+             "runs slower than the fp32 one: it is meant for providers with fast fp16 kernels")
 # The traced input's height and width; the parity check uses a different, odd size so a size baked
 # into the graph would show.
 EXAMPLE_SIZE = (48, 64)
@@ -279,6 +282,7 @@ def build_onnx(arch: str, weights: str | None = None, *, dtype: str = "fp32", op
             "input_size": list(CHECK_SIZE),
             "against": "rainkit's torch fp32 forward of the whole image, on onnxruntime's CPUExecutionProvider",
         },
+        **({"dtype_note": FP16_NOTE} if dtype == "fp16" else {}),
         "exporter": f"torch.onnx TorchScript exporter, torch {torch.__version__.split('+')[0]}",
         "rainkit_version": __version__,
     }

@@ -17,7 +17,6 @@ across tiles, has no counterpart in the graph. `tile` is therefore 0 and a posit
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,4 +206,4 @@ def load_onnx_derainer(model: str = "sapnet", weights: str | None = None, device
     if card.get("task") != "derain":
         raise WeightsError(f"{path}: '{card.get('arch')}' is not a deraining network")
     session = cpu_session(data, str(path))
-    return OnnxDerainer(session, model, path, hashlib.sha256(data).hexdigest(), card, exported_now=exported_now)
+    return OnnxDerainer(session, model, path, sha256_bytes(data), card, exported_now=exported_now)
