@@ -137,6 +137,8 @@ def test_export_refuses_bad_requests_in_one_line(tiny_checkpoints, tmp_path):
         export_onnx("sapnet", weights, tmp_path / "s.onnx", dtype="bf16")
     with pytest.raises(ParameterError, match="opset"):
         export_onnx("sapnet", weights, tmp_path / "s.onnx", opset=7)
+    with pytest.raises(ParameterError, match="is a folder"):
+        export_onnx("sapnet", weights, tmp_path)
     with pytest.raises(ParameterError, match="ends in .onnx"):
         export_onnx("sapnet", weights, tmp_path / "s.pt")
     with pytest.raises(WeightsError, match="no such weights file"):
@@ -201,6 +203,13 @@ def test_backend_takes_an_exported_file(exported, tiny_checkpoints, tmp_path):
     assert np.abs(derainer.derain(rgb) - expected).max() <= 1e-4
     with pytest.raises(WeightsError, match="the graph is 'prenet', not 'sapnet'"):
         load_onnx_derainer("sapnet", str(path))
+    import onnx
+
+    foreign = onnx.load(str(path))
+    del foreign.metadata_props[:]
+    onnx.save(foreign, str(tmp_path / "foreign.onnx"))
+    with pytest.raises(WeightsError, match="foreign.onnx: not an ONNX file exported by rainkit"):
+        load_onnx_derainer("prenet", str(tmp_path / "foreign.onnx"))
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"\x00not a protobuf" * 10)
     with pytest.raises(WeightsError, match="garbage.onnx: not a readable ONNX file"):
