@@ -181,9 +181,13 @@ def test_backend_exports_into_the_cache_once_and_derains_like_torch(tiny_checkpo
     assert np.abs(a - b).max() <= 1, "8-bit outputs agree to rounding"
 
 
-def test_a_damaged_cache_entry_is_exported_again(tiny_checkpoints):
+def test_a_damaged_cache_entry_is_exported_again(tiny_checkpoints, tmp_path):
     weights = str(tiny_checkpoints["prenet"])
     assert load_onnx_derainer("prenet", weights).exported_now
+    moved = tmp_path / "elsewhere.safetensors"
+    moved.write_bytes(tiny_checkpoints["prenet"].read_bytes())
+    again = load_onnx_derainer("prenet", str(moved))
+    assert not again.exported_now and again.describe()["weights"] == str(moved), "same sha256: the same graph"
     cached = cached_onnx_path("prenet", sha256(tiny_checkpoints["prenet"]))
     cached.write_bytes(cached.read_bytes()[:100])  # a truncated file
     derainer = load_onnx_derainer("prenet", weights)

@@ -44,7 +44,8 @@ MIN_OPSET = 13  # opset 13 is where every operator these graphs use has its curr
 DTYPES = ("fp32", "fp16")
 TOLERANCE = {"fp32": 1e-4, "fp16": 5e-3}
 CARD_SUFFIX = ".json"
-# bench/onnx_speed.py --fp16: SAPNet's fp16 graph took 2.4x the fp32 graph's time on the CPU provider.
+# bench/onnx_speed.py --fp16 on 2 cores: SAPNet's fp16 graph took 1.7x (idle machine) to 2.4x (busy) the fp32
+# graph's time on the CPU provider.
 FP16_NOTE = ("weights and arithmetic in fp16, inputs and outputs float32; on onnxruntime's CPU provider this graph "
              "runs slower than the fp32 one: it is meant for providers with fast fp16 kernels")
 # The traced input's height and width; the parity check uses a different, odd size so a size baked

@@ -148,7 +148,9 @@ def _cached_graph(arch: str, weights: str | None, opset: int) -> tuple[Path, byt
         if card and card.get("weights_sha256") == resolved.sha256 and path.is_file():
             data = path.read_bytes()
             if sha256_bytes(data) == card.get("onnx_sha256"):
-                return path, data, card, False
+                # The same weights may come by another name or path than at export: say how they came now.
+                weights_name = resolved.entry.name if resolved.entry else str(resolved.path)
+                return path, data, {**card, "weights": weights_name}, False
     exported = build_onnx(spec.name, weights, opset=opset)
     path = cached_onnx_path(spec.name, exported.card["weights_sha256"], opset)
     result = write_export(exported, path)
