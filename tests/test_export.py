@@ -94,6 +94,13 @@ def test_export_writes_a_graph_with_dynamic_size_that_matches_torch(arch, export
         assert np.abs(produced - expected).max() <= 1e-4, (arch, height, width)
 
 
+def test_generator_graph_takes_the_smallest_size_the_generator_takes(exported, tiny_checkpoints):
+    rgb = rainy_like(5, 7)
+    produced = cpu_session(exported["tpsence"].onnx_path, "test").run(
+        None, {"clear": rgb.transpose(2, 0, 1)[None] * 2 - 1})[0]
+    assert np.abs(produced - torch_output("tpsence", tiny_checkpoints["tpsence"], rgb)).max() <= 1e-4
+
+
 def test_graphs_take_a_batch(exported):
     session = cpu_session(exported["sapnet"].onnx_path, "test")
     batch = np.stack([rainy_like(33, 41, seed=s).transpose(2, 0, 1) for s in range(2)])

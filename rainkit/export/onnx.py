@@ -8,7 +8,8 @@ arithmetic; inputs and outputs stay float32):
 * the TPSeNCE generator (`tpsence`): input `clear`, output `rainy`, RGB, NCHW, [-1, 1]. The graph
   pads itself: it reflect-pads the bottom and right to a multiple of 4 (the generator's stride), as
   `rainkit.tpsence.generate.pad_to_multiple` does, and crops the output back, so it takes any height
-  and width of at least 4 pixels.
+  and width of at least 5 pixels (as the torch generator: its residual blocks reflect-pad the
+  quarter-resolution features, which need 2 pixels a side).
 
 What rainkit's tiler does for big images is not in the graph: rainkit runs such images in tiles
 and gives every tile the whole image's statistics (SAPNet's channel-attention means, TPSeNCE's
@@ -54,7 +55,6 @@ EXAMPLE_SIZE = (48, 64)
 CHECK_SIZE = (45, 61)
 METADATA_KEY = "rainkit.card"  # the card (less the file's own sha256) inside the ONNX file's metadata
 EXPORT_EXTRA = "pip install 'rainkit[export]'"
-ALIGN = 4  # the TPSeNCE generator's total stride
 
 
 def require_onnx() -> None:
@@ -94,7 +94,7 @@ CONVENTIONS = {
     "tpsence": GraphConventions(
         "generate", "clear", "rainy", (-1.0, 1.0),
         "in the graph: it reflect-pads the bottom and right to a multiple of 4 and crops the output back; any "
-        "height and width of at least 4",
+        "height and width of at least 5 (the residual blocks reflect-pad quarter-resolution features)",
         ("tiling: for big images rainkit runs tiles with the whole image's instance-norm statistics (recorded "
          "over all tiles); the graph normalises with the statistics of the image it is given, so it must get the "
          "whole image", "mapping [0, 1] images to [-1, 1] and back, and rainkit's optional working width",
@@ -118,6 +118,8 @@ def _graph_module(arch: str, net, dtype: str):
     """The network wrapped as the exported graph: float32 in and out, `dtype` inside."""
     import torch
     import torch.nn.functional as F
+
+    from rainkit.tpsence.generate import ALIGN
 
     inner = torch.float16 if dtype == "fp16" else torch.float32
 
