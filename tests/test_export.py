@@ -27,6 +27,10 @@ from rainkit.hub import create_model
 from rainkit.hub.checkpoint import save_checkpoint
 from rainkit.hub.registry import get_arch
 
+EXTRA = "needs the export extra (onnx, onnxruntime): pip install 'rainkit[export]'"
+pytest.importorskip("onnx", reason=EXTRA)
+pytest.importorskip("onnxruntime", reason=EXTRA)
+
 ARCHS = ("sapnet", "prenet", "tpsence")
 SIZES = ((37, 53), (30, 71))  # neither is the traced size; odd sides, and sides that are not multiples of 4
 assert all(size != EXAMPLE_SIZE for size in SIZES)
