@@ -9,6 +9,7 @@ import warnings
 from rainkit.cli.app import app, console
 from rainkit.cli import derain, detect, generate, models, segment, train, weights  # noqa: F401,E402  (register commands)
 from rainkit.cli import benchmark  # noqa: F401,E402
+from rainkit.cli import export  # noqa: F401,E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,6 +37,7 @@ OPTION_NAMES: dict[str, dict[str, str]] = {
     "detect": {"derained_dir": "--derained", "inputs": "IMAGES", "output": "--output", "weights": "--derain-weights"},
     "derain": {"inputs": "INPUTS", "frames_dir": "--frames"},
     "generate": {"output": "PATHS (the output folder comes last)", "inputs": "PATHS", "frames_dir": "--frames"},
+    "export": {"arch": "MODEL"},
     "segment": {"inputs": "INPUTS"},
     "benchmark": {"models": "--model"},
     "train": {"sence=false": "--set sence=false", "patch": "--set patch=N", "val_fraction": "--set val_fraction=F"},

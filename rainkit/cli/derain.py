@@ -20,6 +20,7 @@ def derain_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 (CUDA) or bf16."),
     tile: Optional[int] = typer.Option(None, "--tile", help="Tile size in pixels; 0 = whole image; default: automatic from free memory."),
+    backend: str = typer.Option("torch", "--backend", help="torch, or onnxruntime (CPU, whole images, fp32; exports the weights to ONNX in rainkit's cache on first use; needs rainkit[export])."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into sub-folders of folder inputs."),
     fmt: str = typer.Option("png", "--format", "-f", help="Output format: png, jpg, webp or tif."),
     quality: Optional[int] = typer.Option(None, "--quality", min=1, max=100, help="JPEG/WebP quality (default 95)."),
@@ -52,10 +53,10 @@ def derain_command(
 
     with BatchProgress(console, "derain") as progress:
         result = derain_paths(inputs, output, model=model, weights=weights, device=device, precision=precision,
-                              tile=tile, recursive=recursive, fmt=fmt, quality=quality, overwrite=overwrite,
-                              sidecar=not no_sidecar, shard=shard, video=VideoOptions(codec, crf, frames),
-                              on_start=progress.on_start, on_progress=progress.on_progress,
-                              on_tile=progress.on_tile, on_frame=progress.on_frame)
+                              tile=tile, backend=backend, recursive=recursive, fmt=fmt, quality=quality,
+                              overwrite=overwrite, sidecar=not no_sidecar, shard=shard,
+                              video=VideoOptions(codec, crf, frames), on_start=progress.on_start,
+                              on_progress=progress.on_progress, on_tile=progress.on_tile, on_frame=progress.on_frame)
     _render(result)
     if json_out:
         emit_text(json_out, json.dumps(result.to_json(), indent=2) + "\n")
@@ -88,4 +89,8 @@ def _render(result) -> None:
         f"{result.count('failed')} failed in {result.seconds:.1f} s — model {settings.get('model')}, "
         f"weights {escape(str(settings.get('weights')))} (sha256 {str(settings.get('weights_sha256'))[:12]}), "
         f"{settings.get('device')} {settings.get('precision')}", highlight=False)
+    if settings.get("backend") == "onnxruntime":
+        first = "; exported from the weights on this first use, reused from now on" if settings["onnx_exported"] else ""
+        console.print(f"onnxruntime ({settings['provider']}), whole images: ONNX {escape(settings['onnx'])} "
+                      f"(sha256 {settings['onnx_sha256'][:12]}{first})", highlight=False, soft_wrap=True)
     print_failures(result)

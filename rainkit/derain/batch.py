@@ -15,12 +15,14 @@ import numpy as np
 from rainkit._version import __version__
 from rainkit.data.images import encode_image, read_image, to_uint8
 from rainkit.derain.engine import Derainer
+from rainkit.errors import ParameterError
 from rainkit.io.atomic import atomic_write_bytes, atomic_write_json
 from rainkit.io.batch import BatchResult, ItemResult, Job, Shard, plan_jobs, run_batch, sha256_bytes, sidecar_path
 from rainkit.video.batch import VideoOptions, check_output, run_video_job, video_output_of
 from rainkit.video.pipeline import is_video_name
 
 SUFFIX_SINGLE = "_derained"
+BACKENDS = ("torch", "onnxruntime")
 
 
 def derain_files(
@@ -89,6 +91,7 @@ def derain_paths(
     device: str = "auto",
     precision: str = "fp32",
     tile: int | None = None,
+    backend: str = "torch",
     recursive: bool = False,
     fmt: str = "png",
     quality: int | None = None,
@@ -103,17 +106,27 @@ def derain_paths(
 ) -> BatchResult:
     """Everything `rainkit derain` does, as one call: plan outputs (videos keep a video container, or become
     PNG sequences with `video.frames_dir`), take this shard's share (`shard`: `K/N`, default torchrun's rank
-    when set), load the model, run the batch."""
+    when set), load the model, run the batch. `backend` "onnxruntime" runs an ONNX export of the weights on the
+    CPU (`rainkit.export.onnx_engine`; exported into rainkit's cache on first use)."""
     from rainkit.derain.engine import load_derainer
 
+    if backend not in BACKENDS:
+        raise ParameterError("backend", f"'{backend}' is not one of {', '.join(BACKENDS)}")
     shard = shard if isinstance(shard, Shard) else Shard.parse(shard)
     jobs = shard.take(plan_jobs(inputs, output, recursive=recursive, fmt=fmt, beside_suffix=SUFFIX_SINGLE,
                                 videos=True))
     if any(job.source is not None and is_video_name(job.source) for job in jobs):
         video.validate()
-    derainer = load_derainer(model, weights, device=device, precision=precision, tile=tile)
+    if backend == "onnxruntime":
+        from rainkit.export.onnx_engine import load_onnx_derainer
+
+        derainer = load_onnx_derainer(model, weights, device=device, precision=precision, tile=tile)
+    else:
+        derainer = load_derainer(model, weights, device=device, precision=precision, tile=tile)
     result = derain_files(derainer, jobs, overwrite=overwrite, quality=quality, sidecar=sidecar, video=video,
                           on_start=on_start, on_progress=on_progress, on_tile=on_tile, on_frame=on_frame)
     if not shard.whole:
         result.settings["shard"] = str(shard)
+    if backend == "onnxruntime":
+        result.settings["onnx_exported"] = derainer.exported_now
     return result
