@@ -25,7 +25,7 @@ from rainkit.export.onnx import EXAMPLE_SIZE, TOLERANCE, card_path, cpu_session,
 from rainkit.export.onnx_engine import cached_onnx_path, load_onnx_derainer
 from rainkit.hub import create_model
 from rainkit.hub.checkpoint import save_checkpoint
-from rainkit.hub.registry import get_arch
+from rainkit.registry import get_arch
 
 EXTRA = "needs the export extra (onnx, onnxruntime): pip install 'rainkit[export]'"
 pytest.importorskip("onnx", reason=EXTRA)
