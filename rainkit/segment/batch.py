@@ -54,21 +54,19 @@ def segment_paths(
     other weights or width is refused unless `overwrite`. The result's settings are the folder record."""
     import cv2
 
-    from rainkit.hub import load_model, resolve_device
-    from rainkit.models.espnet import CITYSCAPES_CLASSES, Segmenter
+    from rainkit.models.espnet import CITYSCAPES_CLASSES, load_segmenter
 
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise RainkitError(f"output {output} exists and is not a folder")
     shard = shard if isinstance(shard, Shard) else Shard.parse(shard)
     jobs = shard.take(plan_jobs(inputs, output, recursive=recursive, fmt="png"))
-    dev = resolve_device(device)
-    model, resolved = load_model("espnet", weights, device=dev)
-    segmenter = Segmenter(model, dev, width)
-    record = {"rainkit_version": __version__, "model": "espnet",
-              "weights": resolved.entry.name if resolved.entry else str(resolved.path), "weights_sha256": resolved.sha256,
-              "width": width,
-              "classes": list(CITYSCAPES_CLASSES) if model.classes == len(CITYSCAPES_CLASSES) else model.classes,
+    segmenter = load_segmenter(weights, device=device, width=width)
+    described = segmenter.describe()
+    classes = segmenter.model.classes
+    record = {"rainkit_version": __version__, "model": "espnet", "weights": described["weights"],
+              "weights_sha256": described["weights_sha256"], "width": width,
+              "classes": list(CITYSCAPES_CLASSES) if classes == len(CITYSCAPES_CLASSES) else classes,
               "format": "8-bit PNG of class ids, named like the images"}
     record_path = output / RECORD_NAME
     if record_path.exists() and not overwrite:
