@@ -5,8 +5,9 @@ What a user gets:
 * the same frame count, timestamps (so a variable frame rate is kept), size, display rotation and colour
   range as the input; audio and subtitle streams copied packet for packet; H.264 by default (`codec`,
   `crf`), or a PNG sequence (`frames_dir`);
-* decoding, the model and encoding run side by side (a bounded queue of frames between each), so a video
-  runs at the model's speed;
+* decoding runs beside the model (a thread, with a bounded queue of frames ahead), and each chunk is encoded
+  as soon as its last frame is made (milliseconds a frame against the model's hundreds), so a video runs at
+  the model's speed;
 * resumable: the video is processed in chunks of `chunk_frames` frames; each chunk is encoded on its own
   (starting with a key frame) into a part file that is renamed into place when the chunk is done. A killed
   run continues at the first missing chunk, and because every run, interrupted or not, writes the same
@@ -20,6 +21,7 @@ every frame in display orientation and expects an RGB uint8 frame of the same si
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import json
 import queue
@@ -111,7 +113,7 @@ def _frame_times(container, stream) -> tuple[list[int], str | None]:
                 times.append(packet.pts)
     except av.error.FFmpegError as exc:
         problem = str(exc).split(":", 1)[-1].strip() or type(exc).__name__
-    times = sorted(set(times))
+    times.sort()
     if problem is None and times:
         promised = (float(stream.duration * stream.time_base) if stream.duration
                     else (container.duration or 0) / 1e6)
@@ -170,32 +172,36 @@ class _DecodeEnd:
     error: str | None = None  # why decoding stopped early, None at the normal end
 
 
+def _first_index(times: list[int], pts: int | None, start: int) -> int:
+    """The display index of the first frame decoded after seeking for frame `start` (the first frame with its
+    timestamp: two frames may share one in a damaged file, and a frame without one is taken as `start`)."""
+    return start if pts is None else bisect.bisect_left(times, pts)
+
+
 def _decode(path: Path, times: list[int], start: int, stop: int, out: queue.Queue, cancel: threading.Event) -> None:
-    """Decode frames `start`..`stop-1` (by display order) into `out`, then a _DecodeEnd."""
+    """Decode frames `start`..`stop-1` (by display order) into `out`, then a _DecodeEnd. Frames are counted as
+    they come (the decoder gives them in display order), so frames sharing a timestamp are all kept."""
     import av
 
-    wanted = {pts: i for i, pts in enumerate(times[start:stop], start=start)}
     error = None
+    index = 0 if start == 0 else None
     try:
         with _open(path) as container:
             stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
             if start > 0:
                 container.seek(times[start], stream=stream, backward=True, any_frame=False)
-            remaining = len(wanted)
             for frame in container.decode(stream):
                 if cancel.is_set():
                     return
-                index = wanted.get(frame.pts)
                 if index is None:
-                    if frame.pts is not None and frame.pts > times[stop - 1]:
-                        break
-                    continue
-                out.put(_Decoded(index, frame.pts, frame.to_ndarray(format="rgb24")))
-                remaining -= 1
-                if remaining == 0:
+                    index = _first_index(times, frame.pts, start)
+                if index >= stop:
                     break
-            if remaining:
+                if index >= start:
+                    pts = frame.pts if frame.pts is not None else times[index]
+                    out.put(_Decoded(index, pts, frame.to_ndarray(format="rgb24")))
+                index += 1
+            if index is None or index < stop:
                 error = "the stream ends early"
     except av.error.FFmpegError as exc:
         error = str(exc).split(":", 1)[-1].strip() or type(exc).__name__
@@ -225,19 +231,23 @@ class FrameReader:
 
         if not 0 <= index < len(self.times):
             raise InputError(f"{self.path}: no frame {index} (the video has {len(self.times)})")
-        if self._container is None or index < self._next:
+        if self._container is None or self._next is None or index < self._next:
             self.close()
             self._container = _open(self.path)
             stream = self._container.streams.video[0]
-            self._container.seek(self.times[index], stream=stream, backward=True, any_frame=False)
+            if index > 0:
+                self._container.seek(self.times[index], stream=stream, backward=True, any_frame=False)
             self._frames = self._container.decode(stream)
-        wanted = self.times[index]
+            self._next = 0 if index == 0 else None
         try:
             for frame in self._frames:
-                if frame.pts == wanted:
-                    self._next = index + 1
+                if self._next is None:
+                    self._next = _first_index(self.times, frame.pts, index)
+                current = self._next
+                self._next += 1
+                if current == index:
                     return _to_display(frame.to_ndarray(format="rgb24"), self.info.rotation)
-                if frame.pts is not None and frame.pts > wanted:
+                if current > index:
                     break
         except av.error.FFmpegError as exc:
             raise InputError(f"{self.path}: frame {index} does not decode ({str(exc).split(':', 1)[-1].strip()})") from None
@@ -258,8 +268,15 @@ class EncodeSettings:
     chunk_frames: int = DEFAULT_CHUNK_FRAMES
 
 
+# Bit-exact container writing: no random Matroska segment UID, no library version string, so the same frames
+# always give the same bytes.
+BITEXACT = {"fflags": "+bitexact"}
+
+
 def _encoder_options(settings: EncodeSettings) -> dict[str, str]:
-    options = {}
+    # One encoder thread, so nothing about a chunk's encoding depends on scheduling. The network, not the
+    # encoder, sets a video's speed.
+    options = {"threads": "1"}
     if settings.crf is not None and settings.codec in ("libx264", "libx264rgb", "libx265", "libvpx-vp9"):
         options["crf"] = str(settings.crf)
     return options
@@ -271,7 +288,7 @@ def _encode_part(target: Path, info: VideoInfo, time_base: Fraction, rate, frame
     and presentation order agree and parts join with increasing timestamps."""
     av = _require_av()
     with atomic_write(target) as handle:
-        with av.open(handle, "w", format="matroska") as container:
+        with av.open(handle, "w", format="matroska", container_options=BITEXACT) as container:
             stream = container.add_stream(settings.codec, rate=rate, options=_encoder_options(settings))
             stream.width, stream.height = info.width, info.height
             if settings.codec == "libx264rgb":
@@ -299,7 +316,7 @@ def _join(source: Path, parts: list[Path], target: Path, info: VideoInfo) -> Non
     opened = [av.open(str(p)) for p in parts]
     try:
         with _open(source) as original, atomic_write(target) as handle:
-            with av.open(handle, "w", format=_container_format(target)) as container:
+            with av.open(handle, "w", format=_container_format(target), container_options=BITEXACT) as container:
                 video = container.add_stream_from_template(opened[0].streams.video[0])
                 if info.rotation:
                     video.set_display_rotation(info.rotation)
@@ -391,27 +408,17 @@ def process_video(source: str | Path, output: str | Path, fn: FrameFn, *, settin
 
 def _pipeline(source: Path, times: list[int], start: int, stop: int, fn: FrameFn, rotation: int,
               sink: Callable[[int, int, np.ndarray], None], on_frame, total: int) -> tuple[int, str | None]:
-    """Decode (thread) -> fn (this thread) -> sink (thread), with bounded queues between them. Returns the
-    number of frames sunk and why decoding stopped early (or None)."""
+    """Decode (a thread, a bounded queue ahead) -> fn -> sink (this thread). Returns the number of frames sunk
+    and why decoding stopped early (or None).
+
+    Encoding stays on this thread: encoding on a third thread, beside the decoder and the network, gave the
+    same frames slightly different x264 output now and then (5 distinct files in 30 runs of one clip; one in
+    40 this way), and a resumed video must come out byte for byte as an uninterrupted one. Encoding a frame
+    costs a few milliseconds against the network's hundreds, so little overlap is lost."""
     decoded: queue.Queue = queue.Queue(QUEUE_FRAMES)
-    processed: queue.Queue = queue.Queue(QUEUE_FRAMES)
     cancel = threading.Event()
-    failures: list[BaseException] = []
-
-    def drain() -> None:
-        try:
-            while (item := processed.get()) is not None:
-                sink(*item)
-        except BaseException as exc:  # handed to the main thread, which re-raises it
-            failures.append(exc)
-            cancel.set()
-            while processed.get() is not None:
-                pass
-
     reader = threading.Thread(target=_decode, args=(source, times, start, stop, decoded, cancel), daemon=True)
-    writer = threading.Thread(target=drain, daemon=True)
     reader.start()
-    writer.start()
     done, stopped = 0, None
     try:
         while True:
@@ -419,24 +426,18 @@ def _pipeline(source: Path, times: list[int], start: int, stop: int, fn: FrameFn
             if isinstance(item, _DecodeEnd):
                 stopped = item.error
                 break
-            if cancel.is_set():
-                break
             rgb = _to_coded(fn(_to_display(item.rgb, rotation), item.index), rotation)
-            processed.put((item.index, item.pts, rgb))
+            sink(item.index, item.pts, rgb)
             done += 1
             if on_frame:
                 on_frame(start + done, total)
     finally:
         cancel.set()
-        while reader.is_alive():  # let a blocked reader finish
+        while reader.is_alive():  # let a reader blocked on the full queue finish
             try:
                 decoded.get(timeout=0.05)
             except queue.Empty:
                 pass
-        processed.put(None)
-        writer.join()
-    if failures:
-        raise failures[0]
     return done, stopped
 
 
