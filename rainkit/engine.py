@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rainkit.errors import ParameterError
+from rainkit.errors import ParameterError, RainkitError
 
 if TYPE_CHECKING:  # torch is imported on first use, so that importing an engine's module stays light
     import torch
@@ -86,23 +86,32 @@ class InferenceEngine:
 class TiledEngine(InferenceEngine, ABC):
     """An engine that runs large images in tiles.
 
-    `tile`: None picks the largest tile that fits `memory_budget` (bytes; None: from available
-    memory), 0 when the whole image fits; 0 forces the whole image; a positive value forces that
-    tile side. `halo` and `blend` are the context and the blend margin each tile carries.
-    `last_tile` is the tile side the last image ran with (0: whole).
+    `tile`: None picks the largest tile that fits `memory_budget` (bytes of working memory; None: from
+    available memory), 0 when the whole image fits; 0 forces the whole image; a positive value forces
+    that tile side. `max_memory` (bytes, or a size such as "3G") caps the whole process instead: what it
+    already holds and the image's own buffers are taken off before the tile is chosen. `halo` and `blend`
+    are the context and the blend margin each tile carries. `last_tile` is the tile side the last image
+    ran with (0: whole).
     """
 
     align = 1  # tile edges fall on multiples of this (a network's total stride)
+    # Buffers of one image outside the network, per pixel: the float input, the output and its blend
+    # weights, and the caller's float copies on either side.
+    io_bytes_per_pixel = 48
 
     def __init__(self, model: nn.Module, device: torch.device | str, *, tile: int | None = None, halo: int | None = None,
-                 blend: int = 0, memory_budget: int | None = None, **base: Any) -> None:
+                 blend: int = 0, memory_budget: int | None = None, max_memory: int | str | None = None,
+                 **base: Any) -> None:
         super().__init__(model, device, **base)
+        from rainkit.tiling import parse_memory_size
+
         if tile is not None and tile < 0:
             raise ParameterError("tile", f"must be 0 (off) or a positive size, got {tile}")
         self.tile = tile
         self.halo = halo
         self.blend = blend
         self.memory_budget = memory_budget
+        self.max_memory = parse_memory_size(max_memory)
         self.last_tile = 0
 
     @abstractmethod
@@ -117,6 +126,22 @@ class TiledEngine(InferenceEngine, ABC):
         """The tile side for an image: the user's, or the largest that fits the memory budget (0 = whole)."""
         from rainkit.tiling import tile_for_budget
 
-        side = tile_for_budget(height, width, self.tile, self.memory_budget, self.device, self.bytes_per_pixel(),
-                               self.tile_margin())
+        side = tile_for_budget(height, width, self.tile, self.working_budget(height, width), self.device,
+                               self.bytes_per_pixel(), self.tile_margin())
         return side if self.tile is not None or side == 0 else side // self.align * self.align
+
+    def working_budget(self, height: int, width: int) -> int | None:
+        """Bytes the network may use on this image: `memory_budget`, or what `max_memory` leaves."""
+        if self.max_memory is None:
+            return self.memory_budget
+        from rainkit.tiling import resident_bytes
+
+        held, buffers = resident_bytes(), height * width * self.io_bytes_per_pixel
+        left = self.max_memory - held - buffers
+        smallest = (64 + 2 * self.tile_margin()) ** 2 * self.bytes_per_pixel()
+        if left < smallest:
+            raise RainkitError(f"the memory cap of {self.max_memory / 2**30:.2f} GiB is too little for a {width}x{height} "
+                               f"image: the process holds {held / 2**30:.2f} GiB and the image's buffers take "
+                               f"{buffers / 2**30:.2f} GiB, leaving less than the {smallest / 2**30:.2f} GiB the "
+                               f"smallest tile needs")
+        return left if self.memory_budget is None else min(left, self.memory_budget)

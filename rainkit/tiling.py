@@ -29,6 +29,7 @@ Also here: the memory-based choice of the tile size (`tile_for_budget`).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -211,6 +212,32 @@ def run_tiled(forward: TileForward, image: torch.Tensor, *, tile: int, halo: int
     if blend:
         output /= weights
     return torch.from_numpy(output)[None]
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_memory_size(text: str | int | None) -> int | None:
+    """`3G`, `512M`, `1.5GiB`, `2gb` or a number of bytes -> bytes (binary units); None stays None."""
+    if text is None or isinstance(text, int):
+        return text
+    import re
+
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(?:i?b)?\s*", str(text).lower())
+    if not match:
+        from rainkit.errors import ParameterError
+
+        raise ParameterError("max_memory", f"'{text}' is not a size (e.g. 3G, 512M, 1.5GiB)")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (0 when it cannot be read)."""
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def available_memory_bytes(device: torch.device) -> int:

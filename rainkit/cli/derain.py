@@ -24,6 +24,9 @@ def derain_command(
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into sub-folders of folder inputs."),
     fmt: str = typer.Option("png", "--format", "-f", help="Output format: png, jpg, webp or tif."),
     quality: Optional[int] = typer.Option(None, "--quality", min=1, max=100, help="JPEG/WebP quality (default 95)."),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Cap the process's memory, e.g. 3G or 512M: "
+                                             "large images are tiled to stay under it (slower: two passes over "
+                                             "the tiles). Default: tiles follow free memory."),
     shard: Optional[str] = typer.Option(None, "--shard", help=SHARD_HELP),
     codec: str = typer.Option("libx264", "--codec", help=VIDEO_HELP["codec"]),
     crf: int = typer.Option(18, "--crf", min=0, max=51, help=VIDEO_HELP["crf"]),
@@ -54,7 +57,7 @@ def derain_command(
     with BatchProgress(console, "derain") as progress:
         result = derain_paths(inputs, output, model=model, weights=weights, device=device, precision=precision,
                               tile=tile, backend=backend, recursive=recursive, fmt=fmt, quality=quality,
-                              overwrite=overwrite, sidecar=not no_sidecar, shard=shard,
+                              overwrite=overwrite, sidecar=not no_sidecar, shard=shard, max_memory=max_memory,
                               video=VideoOptions(codec, crf, frames), on_start=progress.on_start,
                               on_progress=progress.on_progress, on_tile=progress.on_tile, on_frame=progress.on_frame)
     _render(result)

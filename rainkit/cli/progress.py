@@ -31,8 +31,9 @@ class BatchProgress:
     def on_start(self, total: int) -> None:
         self._files = self.progress.add_task(self.label, total=total, current="")
 
-    def on_tile(self, done: int, total: int) -> None:
-        self._sub("  tiles", done, total)
+    def on_tile(self, done: int, total: int, plan: str | None = None) -> None:
+        """Tiles of a large image; `plan` says how it is run (e.g. "tiles of 726 px, 2 passes, 3 GiB cap")."""
+        self._sub(f"  {plan}" if plan else "  tiles", done, total)
 
     def on_frame(self, done: int, total: int) -> None:
         """Frames of a video: the bar shows frames per second and the time left."""

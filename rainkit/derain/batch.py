@@ -45,6 +45,12 @@ def derain_files(
         # As the photo path does it: 8-bit frame -> float -> network -> rounded to 8 bits.
         return to_uint8(derainer.derain(rgb.astype(np.float32) / 255.0))
 
+    def tile_progress(done: int, total: int) -> None:
+        plan = f"tiles of {derainer.last_tile} px"
+        if getattr(derainer, "max_memory", None):
+            plan += f" (under {derainer.max_memory / 2**30:.1f} GiB)"
+        on_tile(done, total, plan)
+
     def derain_one(job: Job) -> ItemResult:
         if is_video_name(job.source):
             described = derainer.describe()
@@ -53,7 +59,7 @@ def derain_files(
         started = time.perf_counter()
         image = read_image(job.source)
         height, width = image.rgb.shape[:2]
-        image.rgb = derainer.derain(image.rgb, on_tile=on_tile)
+        image.rgb = derainer.derain(image.rgb, on_tile=tile_progress if on_tile else None)
         data = encode_image(image, job.output.suffix, quality)
         seconds = time.perf_counter() - started
         if sidecar:
@@ -99,6 +105,7 @@ def derain_paths(
     sidecar: bool = True,
     shard: Shard | str | None = None,
     video: VideoOptions = VideoOptions(),
+    max_memory: int | str | None = None,
     on_start: Callable[[int], None] | None = None,
     on_progress: Callable[[ItemResult, int, int], None] | None = None,
     on_tile: Callable[[int, int], None] | None = None,
@@ -107,7 +114,8 @@ def derain_paths(
     """Everything `rainkit derain` does, as one call: plan outputs (videos keep a video container, or become
     PNG sequences with `video.frames_dir`), take this shard's share (`shard`: `K/N`, default torchrun's rank
     when set), load the model, run the batch. `backend` "onnxruntime" runs an ONNX export of the weights on the
-    CPU (`rainkit.export.onnx_engine`; exported into rainkit's cache on first use)."""
+    CPU (`rainkit.export.onnx_engine`; exported into rainkit's cache on first use). `max_memory` ("3G") caps the
+    process's memory: large images are tiled to stay under it."""
     from rainkit.derain.engine import load_derainer
 
     if backend not in BACKENDS:
@@ -122,7 +130,8 @@ def derain_paths(
 
         derainer = load_onnx_derainer(model, weights, device=device, precision=precision, tile=tile)
     else:
-        derainer = load_derainer(model, weights, device=device, precision=precision, tile=tile)
+        derainer = load_derainer(model, weights, device=device, precision=precision, tile=tile,
+                                 max_memory=max_memory)
     result = derain_files(derainer, jobs, overwrite=overwrite, quality=quality, sidecar=sidecar, video=video,
                           on_start=on_start, on_progress=on_progress, on_tile=on_tile, on_frame=on_frame)
     if not shard.whole:

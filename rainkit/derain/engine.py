@@ -113,6 +113,8 @@ class Derainer(TiledEngine):
 
 
 def load_derainer(model: str = "sapnet", weights: str | None = None, device: str = "auto", precision: str = "fp32",
-                  tile: int | None = None, halo: int = DEFAULT_HALO) -> Derainer:
-    """Load a deraining model ready to use: `load_derainer("prenet", "prenet.rain100l").derain(rgb)`."""
-    return Derainer.load(model, weights, device=device, precision=precision, tile=tile, halo=halo)
+                  tile: int | None = None, halo: int = DEFAULT_HALO, max_memory: int | str | None = None) -> Derainer:
+    """Load a deraining model ready to use: `load_derainer("prenet", "prenet.rain100l").derain(rgb)`.
+    `max_memory` ("3G") caps the process's memory: large images are tiled to stay under it."""
+    return Derainer.load(model, weights, device=device, precision=precision, tile=tile, halo=halo,
+                         max_memory=max_memory)
