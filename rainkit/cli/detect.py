@@ -28,6 +28,8 @@ def detect_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps (deraining and detector)."),
     precision: str = typer.Option("fp32", "--precision", help="Deraining precision: fp32, fp16 (CUDA) or bf16."),
     tile: Optional[int] = typer.Option(None, "--tile", help="Deraining tile size; 0 = whole image; default: automatic."),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Deraining: cap the process's memory (e.g. 3G); "
+                                             "large images are tiled to stay under it."),
     conf: float = typer.Option(0.25, "--conf", help="Confidence threshold of the detections counted, drawn and used as a reference (mAP always uses val's 0.001)."),
     iou: float = typer.Option(0.7, "--iou", help="NMS IoU threshold (0.7 as in Ultralytics val)."),
     classes: Optional[str] = typer.Option(None, "--classes", help="Only these classes, by name or index, comma-separated (e.g. person,car)."),
@@ -63,9 +65,9 @@ def detect_command(
     settings = DetectSettings(labels=labels, clean=clean, dataset=dataset, data_root=data_root, add_rain=add_rain,
                               seed=seed, detector=detector, imgsz=imgsz, derain=not no_derain,
                               derain_model=derain_model, derain_weights=derain_weights, derained_dir=derained,
-                              device=device, precision=precision, tile=tile, conf=conf, iou=iou, classes=classes,
-                              recursive=recursive, vid_stride=vid_stride, limit=limit, output=output,
-                              save_images=save_images, pick=pick, save_conditions=save_conditions)
+                              device=device, precision=precision, tile=tile, max_memory=max_memory, conf=conf,
+                              iou=iou, classes=classes, recursive=recursive, vid_stride=vid_stride, limit=limit,
+                              output=output, save_images=save_images, pick=pick, save_conditions=save_conditions)
     with BatchProgress(console, "detect") as progress:
         result = run_detect(images or None, settings, on_start=progress.on_start, on_progress=progress.on_progress)
     render(result, per_class=per_class)

@@ -81,6 +81,7 @@ class DetectSettings:
     device: str = "auto"
     precision: str = "fp32"
     tile: int | None = None
+    max_memory: int | str | None = None  # deraining: cap the process's memory ("3G"); large images are tiled under it
     conf: float = 0.25
     iou: float = 0.7
     classes: Sequence[str | int] | str | None = None
@@ -174,7 +175,7 @@ def run_detect(
         from rainkit.derain.engine import load_derainer
 
         derainer = load_derainer(settings.derain_model, settings.derain_weights, device=settings.device,
-                                 precision=settings.precision, tile=settings.tile)
+                                 precision=settings.precision, tile=settings.tile, max_memory=settings.max_memory)
     if detector is None:
         from rainkit.detect.detector import load_detector
 
