@@ -95,9 +95,9 @@ class TiledEngine(InferenceEngine, ABC):
     """
 
     align = 1  # tile edges fall on multiples of this (a network's total stride)
-    # Buffers of one image outside the network, per pixel: the float input, the output and its blend
-    # weights, and the caller's float copies on either side.
-    io_bytes_per_pixel = 48
+    # Buffers of one image outside the network, per pixel: the caller's float image, its CHW copy, the output and
+    # its blend weights, the output's HWC copy, and the encoded file.
+    io_bytes_per_pixel = 64
 
     def __init__(self, model: nn.Module, device: torch.device | str, *, tile: int | None = None, halo: int | None = None,
                  blend: int = 0, memory_budget: int | None = None, max_memory: int | str | None = None,

@@ -95,8 +95,8 @@ class Derainer(TiledEngine):
         """Derain a (1, 3, H, W) float tensor in [0, 1] on the CPU; returns the unclamped float output on the CPU."""
         if x.dim() != 4 or x.shape[0] != 1 or x.shape[1] != 3:
             raise RainkitError(f"expected a (1, 3, H, W) tensor, got {tuple(x.shape)}")
-        if self.device.type == "cpu":
-            tune_cpu_allocator()
+        if self.device.type == "cpu" and self.max_memory is None:
+            tune_cpu_allocator()  # under a memory cap, glibc keeps returning freed maps: the tuned heap holds them
         _, _, height, width = x.shape
         tile = self.choose_tile(height, width)
         self.last_tile = tile
