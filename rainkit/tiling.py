@@ -260,15 +260,21 @@ def tile_for_budget(height: int, width: int, tile: int | None, memory_budget: in
     """The user's tile, or the largest square tile whose working memory fits the budget (0 = whole image).
 
     `margin` is the context each tile carries on a side (halo + blend). Without a given budget: half the
-    free GPU memory, or on the CPU 35% of available RAM. Whole images are much cheaper per pixel than
-    tiles while they fit (bench/derain_scaling.py: 1 MP whole 7.6 s/MP, in 807 px tiles 19 s/MP), so the
-    budget is not capped further; `max_memory` is the way to hold a process to less."""
+    free GPU memory; on the CPU an image runs whole when its estimate fits 35% of available RAM (whole
+    images are much cheaper per pixel while they fit: bench/derain_scaling.py, 1 MP whole 7.6 s/MP, in
+    807 px tiles 19 s/MP), and tiles keep to 1.2 GB of working memory (large tiles with glibc's tuned heap
+    use about twice their estimate: a 12 MP photo in tiles sized to 35% of RAM was killed for memory).
+    `max_memory` holds a process to less."""
     if tile is not None:
         return tile if 0 < tile < max(height, width) else 0
-    budget = memory_budget
+    budget = whole_budget = memory_budget
     if budget is None:
         available = available_memory_bytes(device)
-        budget = int(available * (0.5 if device.type == "cuda" else 0.35))
-    if height * width * bytes_per_pixel <= budget:
+        if device.type == "cuda":
+            budget = whole_budget = int(available * 0.5)
+        else:
+            whole_budget = int(available * 0.35)
+            budget = min(whole_budget, 1200 << 20)
+    if height * width * bytes_per_pixel <= whole_budget:
         return 0
     return max(64, int(math.sqrt(budget / bytes_per_pixel)) - 2 * margin)
