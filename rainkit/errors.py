@@ -5,6 +5,13 @@ setting at fault and what is wrong with it.
 """
 
 
+def first_line(exc: BaseException, limit: int | None = 200) -> str:
+    """An exception's message cut to its first line (and to `limit` characters), or its type's name when it has none:
+    what a one-line error quotes of a library's own exception."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
 class RainkitError(Exception):
     """Base class: an error the user can act on (shown without a traceback by the CLI)."""
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from rainkit.detect.metrics import Detections
 from rainkit.engine import InferenceEngine
-from rainkit.errors import ParameterError, RainkitError, WeightsError
+from rainkit.errors import ParameterError, RainkitError, WeightsError, first_line
 
 DEFAULT_DETECTOR = "yolo11n.pt"  # Ultralytics YOLO11 nano, COCO (80 classes); AGPL-3.0
 EXPORT_SUFFIXES = ("_openvino_model", "_saved_model", "_ncnn_model", "_paddle_model", "_mnn_model", "_imx_model",
@@ -285,7 +285,7 @@ class YoloDetector(InferenceEngine):
         except ModuleNotFoundError as exc:
             raise WeightsError(f"{path}: loading this format needs the '{exc.name}' package (pip install {exc.name})") from None
         except Exception as exc:  # Ultralytics raises many types for unreadable models
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            message = first_line(exc, None)
             if "openvino" in message.lower() and "require" in message.lower():
                 message = "the OpenVINO runtime is missing (pip install openvino)"
             raise WeightsError(f"{path}: cannot load as a YOLO detector: {message[:300]}") from None

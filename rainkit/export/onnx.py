@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from rainkit._version import __version__
-from rainkit.errors import ParameterError, RainkitError
+from rainkit.errors import ParameterError, RainkitError, first_line
 from rainkit.io.atomic import atomic_write_bytes, atomic_write_json
 
 OPSET = 17
@@ -184,12 +184,8 @@ def cpu_session(data: bytes | str | Path, source: str):
     try:
         return ort.InferenceSession(data if isinstance(data, bytes) else str(data), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime's own error types do not share a base class with RuntimeError
-        raise RainkitError(f"{source}: onnxruntime cannot load the graph ({_first_line(exc)})") from None
+        raise RainkitError(f"{source}: onnxruntime cannot load the graph ({first_line(exc)})") from None
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _trace(graph, example, conventions: GraphConventions, opset: int) -> bytes:
@@ -260,7 +256,7 @@ def build_onnx(arch: str, weights: str | None = None, *, dtype: str = "fp32", op
         produced = session.run(None, {conventions.input_name: check})[0]
     except Exception as exc:  # onnxruntime's own error types
         raise RainkitError(f"{spec.name} {dtype} graph: onnxruntime's CPU provider cannot run it "
-                           f"({_first_line(exc)}); nothing was written") from None
+                           f"({first_line(exc)}); nothing was written") from None
     difference = float(np.abs(produced - torch_reference(spec.name, net, check)).max())
     tolerance = TOLERANCE[dtype]
     if not difference <= tolerance:

@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 
 from rainkit._version import __version__
-from rainkit.errors import DeviceError, ParameterError, RainkitError, WeightsError
+from rainkit.errors import DeviceError, ParameterError, RainkitError, WeightsError, first_line
 from rainkit.export.onnx import (METADATA_KEY, OPSET, build_onnx, card_path, cpu_session, require_onnx,
                                  write_export)
 from rainkit.io.batch import sha256_bytes
@@ -84,9 +84,7 @@ class OnnxDerainer:
         try:
             return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
         except Exception as exc:  # onnxruntime's own error types share no base class with RuntimeError
-            text = str(exc).strip()
-            raise RainkitError(f"onnxruntime failed on a {x.shape[3]}x{x.shape[2]} image "
-                               f"({text.splitlines()[0][:200] if text else type(exc).__name__})") from None
+            raise RainkitError(f"onnxruntime failed on a {x.shape[3]}x{x.shape[2]} image ({first_line(exc)})") from None
 
     def _check_memory(self, height: int, width: int) -> None:
         """Refuse an image whose whole-image run would not fit, before onnxruntime tries (and the system's

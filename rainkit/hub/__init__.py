@@ -33,7 +33,7 @@ def load_model(name: str, weights: str | None = None, device="cpu", strict: bool
     """
     import torch
 
-    from rainkit.errors import WeightsError
+    from rainkit.errors import WeightsError, first_line
     from rainkit.hub.checkpoint import load_state_dict_strict, read_metadata, read_state_dict, weights_arch_kwargs
     from rainkit.registry import is_registered_weights
 
@@ -65,7 +65,7 @@ def load_model(name: str, weights: str | None = None, device="cpu", strict: bool
         model = create_model(spec.name, variant, **kwargs)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise WeightsError(f"{resolved.path}: its architecture settings {kwargs} do not build '{spec.name}' "
-                           f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+                           f"({first_line(exc, None)})") from None
     load_state_dict_strict(model, read_state_dict(resolved.path), source=resolved.path, strict=strict)
     model.eval().requires_grad_(False)
     return model.to(torch.device(device) if isinstance(device, str) else device), resolved

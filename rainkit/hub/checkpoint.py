@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import torch
 
-from rainkit.errors import UnsafeCheckpointError, WeightsError
+from rainkit.errors import UnsafeCheckpointError, WeightsError, first_line
 
 # Containers research code wraps its state dicts in.
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "params", "params_ema", "generator")
@@ -36,7 +36,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             raw = load_file(str(path), device="cpu")
         except Exception as exc:  # safetensors raises its own error types for corrupt headers
-            raise WeightsError(f"{path}: not a readable safetensors file ({_first_line(exc)})") from None
+            raise WeightsError(f"{path}: not a readable safetensors file ({first_line(exc, 160)})") from None
         return normalize_state_dict(raw, source=path)
     kind = _torch_file_kind(path)
     if kind is None:
@@ -50,13 +50,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             f"`rainkit weights convert {path} {path.with_suffix('.safetensors')} --trust-source`"
         ) from None
     except Exception as exc:  # torch raises KeyError, RuntimeError, EOFError, ... for damaged files
-        raise WeightsError(f"{path}: a damaged or unreadable {kind} ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise WeightsError(f"{path}: a damaged or unreadable {kind} ({type(exc).__name__}: {first_line(exc, 160)})") from None
     return normalize_state_dict(raw, source=path)
 
-
-def _first_line(exc: BaseException, limit: int = 160) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0][:limit] if text else type(exc).__name__)
 
 
 _BLOCKED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
@@ -115,7 +111,7 @@ def convert_trusted_checkpoint(source: str | Path, target: str | Path) -> Path:
         raw = torch.load(str(source), map_location="cpu", weights_only=False)
     except Exception as exc:  # the pickle may need classes that are not importable here
         raise WeightsError(f"{source}: could not be read even as a trusted checkpoint ({type(exc).__name__}: "
-                           f"{_first_line(exc)})") from None
+                           f"{first_line(exc, 160)})") from None
     if isinstance(raw, torch.nn.Module):
         raw = raw.state_dict()
     state = normalize_state_dict(raw, source=source)
@@ -193,7 +189,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         with safe_open(str(path), framework="pt") as handle:
             return dict(handle.metadata() or {})
     except Exception as exc:
-        raise WeightsError(f"{path}: not a readable safetensors file ({_first_line(exc)})") from None
+        raise WeightsError(f"{path}: not a readable safetensors file ({first_line(exc, 160)})") from None
 
 
 def weights_arch_kwargs(path: str | Path, metadata: Mapping[str, str], spec) -> dict[str, Any]:

@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 
 from rainkit._version import __version__
-from rainkit.errors import RainkitError, UnsafeCheckpointError
+from rainkit.errors import RainkitError, UnsafeCheckpointError, first_line
 from rainkit.io.atomic import atomic_save_figure, atomic_torch_save, atomic_write_json
 from rainkit.train.config import CHECKPOINT, DATA_FILE, RUN_CONFIG
 from rainkit.train.data import epoch_order
@@ -131,7 +131,7 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Any, source: P
         optimizer.load_state_dict(state)
     except (ValueError, KeyError, TypeError) as exc:
         raise RainkitError(f"{source}: the checkpoint's {what} does not fit this run's network "
-                           f"({str(exc).splitlines()[0][:120]})") from None
+                           f"({first_line(exc, 120)})") from None
 
 
 def _flat(settings: dict, prefix: str = "") -> dict[str, Any]:
