@@ -17,6 +17,7 @@ Library messages name what they are about (files, parameters), never a command-l
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import json
@@ -89,7 +90,7 @@ def link_problem(path: Path) -> str | None:
     except RuntimeError:
         return "symbolic link loop"
     except OSError as exc:
-        if getattr(exc, "errno", None) == 40:  # ELOOP
+        if exc.errno == errno.ELOOP:
             return "symbolic link loop"
         return f"broken symbolic link (its target {os.readlink(path)} does not exist)"
     return None
@@ -105,6 +106,15 @@ def _folder_files(folder: Path, recursive: bool, media: Callable[[Path], bool]) 
     not silently dropped)."""
     pattern = "**/*" if recursive else "*"
     return sorted(p for p in folder.glob(pattern) if media(p) and (p.is_file() or link_problem(p)))
+
+
+def _found(files: list[Path], folder: Path | None, spec: str) -> list[Found]:
+    """Files of a folder or a glob, each with the link problem that stops it being read, if any."""
+    found = []
+    for file in files:
+        problem = link_problem(file)
+        found.append(Found(file, folder, spec, f"{file}: {problem}" if problem else None))
+    return found
 
 
 def expand_inputs(specs: Sequence[str], *, recursive: bool = False,
@@ -123,9 +133,7 @@ def expand_inputs(specs: Sequence[str], *, recursive: bool = False,
             if not files:
                 out.append(Unmatched(spec, f"{spec}: no images in folder"
                                      + ("" if recursive else " (use `recursive` for sub-folders)")))
-            for file in files:
-                problem = link_problem(file)
-                out.append(Found(file, path, spec, f"{file}: {problem}" if problem else None))
+            out.extend(_found(files, path, spec))
         elif path.exists():
             out.append(Found(path, None, spec))
         elif any(ch in spec for ch in "*?["):
@@ -133,9 +141,7 @@ def expand_inputs(specs: Sequence[str], *, recursive: bool = False,
                              if Path(m).is_file() or link_problem(Path(m)))
             if not matches:
                 out.append(Unmatched(spec, f"{spec}: no files match"))
-            for match in matches:
-                problem = link_problem(match)
-                out.append(Found(match, None, spec, f"{match}: {problem}" if problem else None))
+            out.extend(_found(matches, None, spec))
         else:
             out.append(Unmatched(spec, f"{spec}: no such file or folder"))
     return out
