@@ -124,27 +124,42 @@ def _frame_times(container, stream) -> tuple[list[int], str | None]:
     return times, problem
 
 
-def probe_video(path: str | Path) -> VideoInfo:
-    path = Path(path)
+@dataclass
+class _Probe:
+    """What one pass over a video's packets tells: its properties, every frame's timestamp in display order, why
+    the packets end early (or None), and the stream's time base and frame rate."""
+
+    info: VideoInfo
+    times: list[int]
+    cut: str | None
+    time_base: Fraction
+    rate: Fraction
+
+
+def _probe(path: Path) -> _Probe:
+    import av
+
     with _open(path) as container:
         stream = container.streams.video[0]
         context = stream.codec_context
-        rotation = 0
-        import av
-
         try:
             first = next(container.decode(stream))
-            rotation = int(round(first.rotation or 0)) % 360
         except (StopIteration, av.error.FFmpegError):
             raise InputError(f"{path}: the video stream has no decodable frame") from None
+        rotation = int(round(first.rotation or 0)) % 360
         container.seek(0)
-        times, _ = _frame_times(container, stream)
-        rate = float(stream.guessed_rate or stream.average_rate or 25)
-        duration = float((times[-1] - times[0]) * stream.time_base) + 1.0 / rate if times else 0.0
-        return VideoInfo(str(path), context.width, context.height, len(times), rate,
+        times, cut = _frame_times(container, stream)
+        rate = stream.guessed_rate or stream.average_rate or Fraction(25)
+        duration = float((times[-1] - times[0]) * stream.time_base) + 1.0 / float(rate) if times else 0.0
+        info = VideoInfo(str(path), context.width, context.height, len(times), float(rate),
                          duration, rotation, int(context.color_range or 0), context.pix_fmt or "yuv420p",
                          context.name, [f"{s.type}:{s.codec_context.name if s.codec_context else '?'}"
                                         for s in container.streams if s.type != "video"])
+        return _Probe(info, times, cut, stream.time_base, rate)
+
+
+def probe_video(path: str | Path) -> VideoInfo:
+    return _probe(Path(path)).info
 
 
 # --- orientation ---------------------------------------------------------------------------------
@@ -216,9 +231,8 @@ class FrameReader:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.info = probe_video(self.path)
-        with _open(self.path) as container:
-            self.times, _ = _frame_times(container, container.streams.video[0])
+        probe = _probe(self.path)
+        self.info, self.times = probe.info, probe.times
         self._container = None
         self._frames = None
         self._next = 0
@@ -390,13 +404,10 @@ def process_video(source: str | Path, output: str | Path, fn: FrameFn, *, settin
     """
     source, output = Path(source), Path(output)
     started = time.perf_counter()
-    info = probe_video(source)
+    probe = _probe(source)
+    info, times, cut, time_base, rate = probe.info, probe.times, probe.cut, probe.time_base, probe.rate
     if info.frames == 0:
         raise InputError(f"{source}: the video stream holds no frames")
-    with _open(source) as container:
-        stream = container.streams.video[0]
-        times, cut = _frame_times(container, stream)
-        time_base, rate = stream.time_base, stream.guessed_rate or stream.average_rate or Fraction(25)
     if frames_dir is not None:
         result = _run_frames(source, Path(frames_dir), fn, info, times, on_frame, cut)
     else:
