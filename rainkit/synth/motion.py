@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rainkit.synth.physics import (REFERENCE_SIDE, SNOW_DEPTHS, _veil, add_fog, add_night, composite_snow,
-                                   image_seed, rain_layer, rain_params, snow_layer)
+from rainkit.synth.physics import (REFERENCE_SIDE, SNOW_DEPTHS, add_fog, add_night, composite_snow, image_seed,
+                                   rain_atmosphere, rain_layer, rain_light, rain_params, snow_layer)
 
 # Pixels a frame at the 480-pixel reference: the nearest rain layer, and snow (which drifts down slowly).
 DEFAULT_RAIN_FALL = 24.0
@@ -40,9 +40,9 @@ class MovingWeather:
         self.intensity = intensity
         height, width = self.shape
         scale = max(min(height, width) / REFERENCE_SIDE, 0.25)
+        self.scale = scale
         rng = np.random.default_rng(seed)
         self.layers: list[_Layer] = []
-        self.veil = 0.0
         if domain == "rain":
             params = rain_params(preset, intensity)
             self.params = params
@@ -55,7 +55,6 @@ class MovingWeather:
                 speed = fall_speed * scale * (0.4 + 0.6 * depth)
                 rad = np.deg2rad(angle)
                 self.layers.append(_Layer(field, speed * np.cos(rad), speed * np.sin(rad)))
-            self.veil = params.veil
         elif domain == "snow":
             level = 0.6 if intensity is None else float(intensity)
             self.level = level
@@ -81,10 +80,9 @@ class MovingWeather:
             raise ValueError(f"frame {t} is {rgb.shape[1]}x{rgb.shape[0]}, the clip {self.shape[1]}x{self.shape[0]}")
         static = np.random.default_rng(self._static_seed)
         if self.domain == "rain":
-            rainy = rgb + self.layer(t)[:, :, None]
-            if self.veil > 0:
-                rainy = _veil(rainy, strength=self.veil, rng=static, smooth=0.25)
-            return np.clip(rainy, 0.0, 1.0).astype(np.float32)
+            # The veil, the light and the drops on the lens stay put for the clip; the streaks move.
+            rainy = rain_light(rgb, self.params) + self.layer(t)[:, :, None]
+            return rain_atmosphere(rainy, self.params, static, scale=self.scale)
         if self.domain == "snow":
             return composite_snow(rgb, self.layer(t), self.level, static)
         level = 0.6 if self.intensity is None else float(self.intensity)

@@ -4,7 +4,9 @@ Rain follows the way Rain100L/Rain100H-style data is made: sparse seeds of rando
 stretched into streaks by a line-shaped motion-blur kernel, composited additively over the
 background; light rain has one layer in one direction, heavy rain several layers at different
 depths (near: long, wide, bright; far: short, thin, faint) and directions, plus the veiling of
-the rain volume, I = J t + A (1 - t). Snow scatters soft flakes at several depths; fog applies a
+the rain volume, I = J t + A (1 - t). Real rain (preset `real`) adds what photos of it show beyond
+streaks: flatter, greyer light under the clouds, a veil that thickens with distance (the image's
+height is the depth proxy: the top is far), and drops on the lens, out of focus. Snow scatters soft flakes at several depths; fog applies a
 smooth transmission field; night lowers the exposure, shifts the white balance, adds sensor noise
 and glow around bright sources.
 
@@ -37,6 +39,12 @@ class RainParams:
     layers: int = 1
     veil: float = 0.0  # strength of the rain-volume veiling, 0..1
     directions: int = 1  # distinct wind directions across layers (heavy rain: several)
+    # Real rain beyond streaks; the defaults leave them out, so the presets above keep their output.
+    depth_veil: float = 0.0  # 0..1: share of the veil that grows with distance (towards the image top)
+    airlight: tuple[float, float] | None = None  # grey-level range the veil's light is drawn from (None: 0.84)
+    desaturate: float = 0.0  # 0..1: colour lost under overcast rain light
+    dim: float = 0.0  # 0..1: light lost under the clouds
+    drops: float = 0.0  # out-of-focus drops on the lens, per 480x480 of image
 
 
 PRESETS: dict[str, RainParams] = {
@@ -46,6 +54,14 @@ PRESETS: dict[str, RainParams] = {
                         layers=3, veil=0.2, directions=2),
     "storm": RainParams(density=0.003, length=48.0, width=2.2, angle=12.0, angle_spread=14.0, brightness=0.5, blur=1.2,
                         layers=4, veil=0.38, directions=3),
+    # Rain100H-style downpour: long, bright, sharp streaks in one main direction over a bright veil.
+    "downpour": RainParams(density=0.004, length=64.0, width=2.0, angle_spread=6.0, brightness=0.85, blur=0.5,
+                           layers=2, veil=0.3, directions=1),
+    # What photos of real rain show: faint streaks of every size, and most of the change in the light: a veil
+    # that grows with distance (its grey drawn from dull to bright), lost colour, and a few drops on the lens.
+    "real": RainParams(density=0.004, length=18.0, width=1.0, angle_spread=10.0, brightness=0.15, blur=1.0,
+                       layers=3, veil=0.3, directions=2, depth_veil=0.6, airlight=(0.45, 0.92), desaturate=0.3,
+                       dim=0.1, drops=2.0),
 }
 
 
@@ -60,7 +76,8 @@ def rain_params(preset: str = "light", intensity: float | None = None) -> RainPa
         raise ValueError(f"intensity must be within 0..1, got {intensity}")
     k = 2.0 * intensity  # 0 -> nothing, 1 -> preset, 2 -> twice as dense and bright
     return replace(params, density=params.density * k, brightness=min(1.0, params.brightness * (0.5 + 0.5 * k)),
-                   veil=min(0.9, params.veil * k))
+                   veil=min(0.9, params.veil * k), desaturate=min(1.0, params.desaturate * k),
+                   dim=min(0.9, params.dim * k), drops=params.drops * k)
 
 
 def image_seed(seed: int, name: str) -> int:
@@ -137,10 +154,51 @@ def add_rain(rgb: np.ndarray, params: RainParams, rng: np.random.Generator, scal
         depth = 1.0 - layer / max(1, params.layers)  # nearest first
         angle = directions[layer % len(directions)] + rng.uniform(-1.0, 1.0)
         total += rain_layer((height, width), params, rng, angle=angle, depth=depth, scale=max(scale, 0.25))
-    rainy = rgb + total[:, :, None]
+    rainy = rain_light(rgb, params) + total[:, :, None]
+    return rain_atmosphere(rainy, params, rng, scale=max(scale, 0.25))
+
+
+def rain_light(rgb: np.ndarray, params: RainParams) -> np.ndarray:
+    """The scene under rain clouds, before streaks and veil: less light and less colour."""
+    if params.desaturate <= 0 and params.dim <= 0:
+        return rgb
+    luminance = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+    grey = luminance[:, :, None] + (rgb - luminance[:, :, None]) * (1.0 - params.desaturate)
+    return (grey * (1.0 - params.dim)).astype(np.float32)
+
+
+def rain_atmosphere(rainy: np.ndarray, params: RainParams, rng: np.random.Generator, *, scale: float) -> np.ndarray:
+    """The rain volume's veil and the drops on the lens over a streaked image, clipped to [0, 1]."""
     if params.veil > 0:
-        rainy = _veil(rainy, strength=params.veil, rng=rng, smooth=0.25)
+        rainy = _veil(rainy, strength=params.veil, rng=rng, smooth=0.25, depth=params.depth_veil,
+                      airlight=_draw_airlight(params.airlight, rng))
+    if params.drops > 0:
+        rainy = lens_drops(rainy, params.drops, rng, scale=scale)
     return np.clip(rainy, 0.0, 1.0).astype(np.float32)
+
+
+def _draw_airlight(span: tuple[float, float] | None, rng: np.random.Generator) -> tuple[float, float, float] | None:
+    if span is None:
+        return None
+    level = float(rng.uniform(*span))
+    tint = float(rng.uniform(0.0, 0.04))  # overcast light leans slightly blue
+    return (level - tint, level, level + tint)
+
+
+def lens_drops(rgb: np.ndarray, per_reference: float, rng: np.random.Generator, *, scale: float) -> np.ndarray:
+    """Drops on the lens, far out of focus: soft discs showing a blurred, slightly brighter view of the scene."""
+    height, width = rgb.shape[:2]
+    count = int(rng.poisson(per_reference * height * width / REFERENCE_SIDE**2))
+    if count == 0:
+        return rgb
+    alpha = np.zeros((height, width), np.float32)
+    radii = rng.uniform(4.0, 18.0, count) * scale
+    for y, x, radius, opacity in zip(rng.integers(0, height, count), rng.integers(0, width, count), radii,
+                                     rng.uniform(0.5, 0.9, count)):
+        cv2.circle(alpha, (int(x), int(y)), max(1, int(round(radius))), float(opacity), -1, lineType=cv2.LINE_AA)
+    alpha = cv2.GaussianBlur(alpha, (0, 0), max(0.8, float(np.median(radii)) / 3.0))
+    seen = cv2.GaussianBlur(rgb, (0, 0), max(1.0, 6.0 * scale)) * 1.08 + 0.03
+    return rgb * (1.0 - alpha[:, :, None]) + seen * alpha[:, :, None]
 
 
 def _smooth_field(shape: tuple[int, int], rng: np.random.Generator, cells: int = 6) -> np.ndarray:
@@ -155,9 +213,15 @@ def _smooth_field(shape: tuple[int, int], rng: np.random.Generator, cells: int =
 
 
 def _veil(rgb: np.ndarray, *, strength: float, rng: np.random.Generator, smooth: float,
-          airlight: tuple[float, float, float] | None = None) -> np.ndarray:
+          airlight: tuple[float, float, float] | None = None, depth: float = 0.0) -> np.ndarray:
     field = _smooth_field(rgb.shape[:2], rng)
-    t = 1.0 - strength * (1.0 - smooth + smooth * field)  # transmission, lower where the field is high
+    cover = 1.0 - smooth + smooth * field
+    if depth > 0:
+        # Distance grows towards the top of the frame: the veil there is up to twice the mean, at the bottom thin.
+        height = rgb.shape[0]
+        distance = np.linspace(2.0, 0.0, height, dtype=np.float32)[:, None]
+        cover = (1.0 - depth) * cover + depth * cover * distance
+    t = np.clip(1.0 - strength * cover, 0.05, 1.0)  # transmission, lower where the field is high
     a = np.array(airlight if airlight is not None else [0.82, 0.84, 0.86], np.float32) * rng.uniform(0.95, 1.05)
     return rgb * t[:, :, None] + a[None, None, :] * (1.0 - t[:, :, None])
 

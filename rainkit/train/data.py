@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from rainkit.data.images import IMAGE_SUFFIXES, read_image
+from rainkit.data.splits import is_validation
 from rainkit.errors import DatasetError, InputError
 from rainkit.synth.physics import PRESETS, REFERENCE_SIDE, RainParams, add_rain, rain_params
 
@@ -217,12 +218,6 @@ def load_sources(pairs: list[tuple[Path | None, Path]]) -> tuple[list[PatchSourc
     return sources, skipped
 
 
-def _split_is_val(name: str, seed: int, fraction: float) -> bool:
-    """A stable, order-free validation split: an image's membership depends on its name only."""
-    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") / 2**64 < fraction
-
-
 def _centre_crop(image: np.ndarray, side: int) -> np.ndarray:
     height, width = image.shape[:2]
     h, w = min(height, side), min(width, side)
@@ -277,7 +272,7 @@ def prepare_training_data(config) -> TrainingData:
         val_listed = [(p.rainy, p.clean) for p in val_set.pairs]
         train_listed = listed
     else:
-        val_listed = [pair for pair in listed if _split_is_val(split_key[pair[1]], config.seed, config.val_fraction)]
+        val_listed = [pair for pair in listed if is_validation(split_key[pair[1]], config.seed, config.val_fraction)]
         train_listed = [pair for pair in listed if pair not in val_listed]
         if not train_listed:
             raise DatasetError("the validation split left no training images: lower `val_fraction` or give `val`")
