@@ -17,7 +17,7 @@ def detect_command(
     clean: Optional[Path] = typer.Option(None, "--clean", help="Folder of clean references named like the images."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="A registered paired set instead of IMAGES (e.g. rain100l; see `rainkit benchmark`)."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Where to look for --dataset (default: $RAINKIT_DATA, then the user data folder)."),
-    add_rain: Optional[str] = typer.Option(None, "--add-rain", help="Make the rainy images from clean IMAGES: light, heavy or storm (physics), or tpsence."),
+    add_rain: Optional[str] = typer.Option(None, "--add-rain", help="Make the rainy images from clean IMAGES: light, heavy, storm, downpour or real (physics), or tpsence."),
     seed: int = typer.Option(0, "--seed", help="Seed of --add-rain; each image's rain derives from it and the image's name."),
     detector: Optional[str] = typer.Option(None, "--detector", help="YOLO weights: a path (.pt, or an export such as *_openvino_model/) or an Ultralytics model name (default yolo11n.pt, downloaded to the cache once)."),
     imgsz: Optional[int] = typer.Option(None, "--imgsz", min=32, help="Detector input size (default 640; fixed-size exports use their own)."),

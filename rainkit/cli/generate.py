@@ -18,7 +18,7 @@ def generate_command(
                                          "exist, else physics). Default: auto, or physics when --preset or "
                                          "--intensity is given."),
     domain: str = typer.Option("rain", "--domain", "-d", help="rain, snow, fog or night."),
-    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Physics rain preset: light (default), heavy or storm."),
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Physics rain preset: light (default), heavy, storm, downpour (Rain100H-like) or real (veil, grey light, lens drops)."),
     intensity: Optional[float] = typer.Option(None, "--intensity", help="Physics: 0..1; for rain 0.5 is the preset as is."),
     seed: int = typer.Option(0, "--seed", help="Run seed; each image's randomness derives from it and the image's name "
                              "(the learned generator is deterministic; the seed is recorded)."),

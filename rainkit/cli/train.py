@@ -20,7 +20,7 @@ app.add_typer(train_app, name="train")
 def train_sapnet_command(
     data: List[str] = typer.Option([], "--data", help="Training folder: paired (any layout `rainkit benchmark` reads), "
                                    "or clean images with --synthesize. Repeat for several folders."),
-    synthesize: Optional[str] = typer.Option(None, "--synthesize", help="Rain preset (light, heavy, storm), or a "
+    synthesize: Optional[str] = typer.Option(None, "--synthesize", help="Rain preset (light, heavy, storm, downpour, real), or a "
                                              "mix such as light,heavy, to make pairs from clean images on the fly."),
     init: Optional[str] = typer.Option(None, "--init", help="Fine-tune: start from these weights (registered name or "
                                        "file) with a fresh optimiser and schedule."),

@@ -40,7 +40,7 @@ from rainkit.io.batch import Job, run_batch
 
 PANEL_ORDER = ("rainy", "derained", "clean")
 PICKS = ("disagree", "first")
-TPSENCE_MESSAGE = "no TPSeNCE weights for rain yet; use a physics preset (light, heavy or storm)"
+TPSENCE_MESSAGE = "no TPSeNCE weights for rain yet; use a physics preset (light, heavy, storm, downpour or real)"
 
 
 class DetectorLike(Protocol):
