@@ -5,6 +5,7 @@ For each model (the rainy input `none`, and `sapnet=WEIGHTS` entries as `rainkit
 - `rain100h`: the Rain100H sample; `rain100l`: Rain100L (100 images; `--rain100l-limit N` for a quick look);
 - `heldout`: NIQE and BRISQUE of the held-out real rainy photos (`rainkit.data.splits`: 15% of
   `weather/rain` by name hash, which no training step of rainkit's weights saw);
+- `--sheet PATH`: a contact sheet of 8 held-out real rainy photos, one row each: the input, then each model;
 - `detect`: the coco128 study (`--add-rain heavy --seed 0`, YOLOv8n INT8): mAP50-95 and the share of the
   clean-to-rainy drop that deraining recovers (one study per model; about 6 minutes each on 2 cores).
 
@@ -88,12 +89,52 @@ def detect_study(root: Path, model: str) -> dict:
     return figures
 
 
+def contact_sheet(root: Path, models: list[str], path: Path, rows: int = 8, width: int = 320) -> None:
+    """`rows` held-out real rainy photos (the first by name hash, so the choice is fixed), each model beside the input."""
+    import cv2
+    import numpy as np
+
+    from rainkit.benchmark.runner import _label_band
+    from rainkit.data.images import read_image, to_uint8
+    from rainkit.data.splits import hash_fraction
+    from rainkit.derain.engine import load_derainer
+    from rainkit.io.atomic import atomic_write_bytes
+
+    pairs = sorted(held_out_rain(root).pairs, key=lambda p: hash_fraction(f"sheet:{p.id}"))[:rows]
+    photos = [read_image(p.rainy).rgb for p in pairs]
+    columns = [("rainy input", [to_uint8(photo) for photo in photos])]
+    for model in models:
+        if model == "none":
+            continue
+        arch, weights = model.split("=", 1)
+        derainer = load_derainer(arch, weights, device="cpu")
+        columns.append((weights if len(weights) < 40 else Path(weights).name,
+                        [to_uint8(np.clip(derainer.derain(photo), 0, 1)) for photo in photos]))
+    lines = []
+    for row in range(len(photos)):
+        cells = []
+        for label, images in columns:
+            image = images[row]
+            small = cv2.resize(image, (width, round(image.shape[0] * width / image.shape[1])), interpolation=cv2.INTER_AREA)
+            cells.append(np.concatenate([_label_band(pairs[row].id if not cells else label, width), small]))
+        height = max(c.shape[0] for c in cells)
+        lines.append(np.concatenate([np.pad(c, ((0, height - c.shape[0]), (0, 4), (0, 0)), constant_values=255)
+                                     for c in cells], axis=1))
+    full = max(line.shape[1] for line in lines)
+    sheet = np.concatenate([np.pad(line, ((0, 4), (0, full - line.shape[1]), (0, 0)), constant_values=255)
+                            for line in lines])
+    ok, png = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    atomic_write_bytes(path, png.tobytes())
+    print(f"\ncontact sheet: {path} ({len(photos)} held-out photos: {', '.join(p.id for p in pairs)})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", action="append", required=True, help="none, or sapnet=WEIGHTS (repeat)")
     parser.add_argument("--sets", default="gtrain,rain100h,rain100l,heldout")
     parser.add_argument("--rain100l-limit", type=int, default=None)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--sheet", type=Path, default=None, help="write a contact sheet of held-out real rain here")
     args = parser.parse_args()
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]
     unknown = [s for s in sets if s not in SETS]
@@ -118,6 +159,8 @@ def main() -> None:
     if "detect" in sets:
         print("\ndetect: coco128, --add-rain heavy --seed 0, YOLOv8n INT8")
         report["detect"] = {m: detect_study(root, m) for m in args.model if m != "none"}
+    if args.sheet:
+        contact_sheet(root, args.model, args.sheet)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
 
