@@ -290,7 +290,6 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, arch: str, arch_kw
 INDEX_SUFFIX = ".safetensors.index.json"
 INDEX_NAME = "model" + INDEX_SUFFIX
 SHARDS_KEY = "rainkit.shards"  # index key: {shard file: {"sha256": ..., "bytes": ...}}
-_HEADER_MARGIN = 64 * 1024  # room left in a shard for its JSON header
 
 
 def is_index_path(path: str | Path) -> bool:
@@ -366,17 +365,19 @@ def read_sharded(index_path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def plan_shards(state: Mapping[str, torch.Tensor], max_bytes: int) -> list[list[str]]:
-    """Tensor names grouped into shards, in order, each group's tensor bytes at most `max_bytes`
-    less a header margin (a single larger tensor gets a shard of its own)."""
-    budget = max(1, int(max_bytes) - _HEADER_MARGIN)
+def plan_shards(state: Mapping[str, torch.Tensor], max_bytes: int, metadata: Mapping[str, str] | None = None
+                ) -> list[list[str]]:
+    """Tensor names grouped into shards, in order, each shard's file (tensor bytes plus a generous estimate
+    of its JSON header: the metadata and ~100 bytes a tensor) at most `max_bytes`; a tensor too large
+    for any shard gets one of its own."""
+    base = 64 + sum(len(str(k)) + len(str(v)) + 8 for k, v in (metadata or {}).items())
     shards: list[list[str]] = [[]]
-    used = 0
+    used = base
     for name, tensor in state.items():
-        size = tensor.numel() * tensor.element_size()
-        if shards[-1] and used + size > budget:
+        size = tensor.numel() * tensor.element_size() + len(name) + 100
+        if shards[-1] and used + size > max_bytes:
             shards.append([])
-            used = 0
+            used = base
         shards[-1].append(name)
         used += size
     return shards
@@ -393,7 +394,7 @@ def save_sharded(folder: str | Path, state: Mapping[str, torch.Tensor], metadata
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
-    plan = plan_shards(state, max_bytes)
+    plan = plan_shards(state, max_bytes, {"format": "pt", **metadata})
     count = len(plan)
     for old in folder.glob(f"{prefix}-*-of-*.safetensors"):
         old.unlink()

@@ -333,7 +333,8 @@ class TPSeNCETrainer(Trainer):
             parameters=sum(p.numel() for p in self.model.generator.parameters()),
             task="clear -> rainy image translation (TPSeNCE, WACV 2024); inputs/outputs RGB in [-1, 1]",
             epoch=self.epoch, step=self.global_step, last_epoch_losses=self.history[-1] if self.history else {},
-            networks={"file": NETWORKS_FILE, "sha256": sha256_file(networks)}, init=self.init_record,
+            networks={"file": NETWORKS_FILE, "sha256": sha256_file(networks)},
+            init={k: v for k, v in self.init_record.items() if k != "sessions"} if self.init_record else None,
             sessions=earlier + [session], total_steps=sum(int(s.get("steps") or 0) for s in earlier + [session]))
         atomic_write_json(self.out / CARD, card)
 
