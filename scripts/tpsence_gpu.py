@@ -38,7 +38,7 @@ paper's in samples: 10 + 10 such epochs (= 100 + 100 of 646): a checkpoint, expo
 instead of every 5 s.
 
 Environment: OUT (default /tmp/tpsence-out), TPSENCE_TINY=1 (CPU rehearsal: ngf 8, 2 blocks, crop 64, batch 4,
-1 minute), TPSENCE_MINUTES (training budget; default 6, tiny 1), TPSENCE_DEADLINE (seconds from the start after
+1 minute, the generator in two shards of 80 KiB as the real one is in two of 15 MiB), TPSENCE_MINUTES (training budget; default 6, tiny 1), TPSENCE_DEADLINE (seconds from the start after
 which the derain checks are skipped; default 480, tiny 600), TPSENCE_BATCH, TPSENCE_CROP, TPSENCE_RUN (run folder,
 default /tmp/tpsence-run), RAINKIT_COMMIT (recorded where git is missing).
 """
@@ -110,7 +110,8 @@ def settings(tiny: bool, manifest: dict, previous: dict | None, extra: list[str]
               f"samples_per_epoch={CLEAR_PASSES * clear}", "n_epochs=10", "n_epochs_decay=10", "log_every=10"]
     if tiny:
         size = ["ngf=8", "n_blocks=2", "ndf=8", "n_layers_d=2", "netf_nc=32", "nce_layers=0,4,8,12",
-                "num_patches=64", "ot_iters=10", "crop=64", "batch=4", "sample_every=20"]
+                "num_patches=64", "ot_iters=10", "crop=64", "batch=4", "sample_every=20",
+                "prefetch=on"]  # the GPU's background batches, on the CPU too
         minutes = float(os.environ.get("TPSENCE_MINUTES", 1.0))
     else:
         size = [f"crop={crop}", "batch=32", "sample_every=200"]  # the paper's network, crop and batch
