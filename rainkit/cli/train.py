@@ -160,6 +160,9 @@ def train_tpsence_command(
                                           "registered name or checkpoint path (resolved offline)."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Run folder for checkpoints, samples, curves and the "
                                       "exported generator (default runs/tpsence-<domain>)."),
+    init: Optional[str] = typer.Option(None, "--init", help="Continue from earlier weights with fresh optimisers: a "
+                                       "run folder or a GPU session's files (generator, sharded or not, plus D and "
+                                       "MLP heads from networks.safetensors when there), or a generator file."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="JSON or TOML file of TPSeNCE settings."),
     overrides: List[str] = typer.Option([], "--set", help="Override a setting: key=value (e.g. sence=false, "
                                         "lambda_tps=0.5, nce_layers=0,4,8,12,16, amp=false, max_steps=1000)."),
@@ -197,7 +200,7 @@ def train_tpsence_command(
         raise typer.BadParameter("give label-map folders or --segmenter, not both", param_hint="--segmenter")
 
     direct = {"out": out, "batch": batch, "crop": crop, "load_size": load_size, "lr": lr, "sample_every": sample_every,
-              "seed": seed, "device": device}
+              "seed": seed, "device": device, "init": init}
     if epochs is not None:
         direct["n_epochs"], direct["n_epochs_decay"] = epochs - epochs // 2, epochs // 2
     sources = UnpairedSources(clear, target, domain, seg_clear, seg_target, segmenter, segmenter_weights)

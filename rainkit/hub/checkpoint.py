@@ -3,6 +3,14 @@
 Only two formats are read: safetensors, and `.pth`/`.pt` files through
 `torch.load(weights_only=True)`, whose restricted unpickler refuses any object that is not a
 tensor or a plain container, so a malicious checkpoint is rejected before any of its code runs.
+
+A safetensors checkpoint may also be a sharded set (the Hugging Face convention):
+`model-00001-of-0000N.safetensors` ... and `model.safetensors.index.json`, whose `weight_map` names
+the shard of every tensor and whose `metadata` holds the set's string metadata (rainkit's
+architecture keys) and `total_size`. rainkit's index also records each shard's sha256 and size
+(`rainkit.shards`), checked on reading, so the index file's own sha256 pins the whole set.
+`save_sharded` / `shard_checkpoint` write such a set; `read_state_dict` and `read_metadata` read
+the index file (or a folder holding one) like a single file.
 """
 
 from __future__ import annotations
@@ -26,10 +34,14 @@ _PREFIXES = ("module.", "_orig_mod.")
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a checkpoint into a plain `{name: tensor}` dict on the CPU, refusing pickled objects."""
     path = Path(path)
+    if path.is_dir() and find_index(path) is not None:
+        path = find_index(path)
     if not path.is_file():
         raise WeightsError(f"{path}: no such weights file")
     if path.stat().st_size == 0:
         raise WeightsError(f"{path}: weights file is empty")
+    if is_index_path(path):
+        return normalize_state_dict(read_sharded(path), source=path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -181,6 +193,11 @@ KWARGS_KEY = "rainkit.arch_kwargs"
 def read_metadata(path: str | Path) -> dict[str, str]:
     """The string metadata of a safetensors file (empty for other formats)."""
     path = Path(path)
+    if path.is_dir() and find_index(path) is not None:
+        path = find_index(path)
+    if is_index_path(path):
+        metadata = read_index(path).get("metadata") or {}
+        return {str(k): v for k, v in metadata.items() if isinstance(v, str)}
     if path.suffix != ".safetensors":
         return {}
     from safetensors import safe_open
@@ -267,3 +284,143 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, arch: str, arch_kw
 
     metadata = {ARCH_KEY: arch, KWARGS_KEY: json.dumps(arch_kwargs or {}, sort_keys=True), **(extra or {})}
     return atomic_save_safetensors(path, model.state_dict(), metadata)
+
+
+# ---------------------------------------------------------------------------------------------- sharded sets
+INDEX_SUFFIX = ".safetensors.index.json"
+INDEX_NAME = "model" + INDEX_SUFFIX
+SHARDS_KEY = "rainkit.shards"  # index key: {shard file: {"sha256": ..., "bytes": ...}}
+
+
+def is_index_path(path: str | Path) -> bool:
+    """Whether `path` names the index of a sharded safetensors set (`*.safetensors.index.json`)."""
+    return str(path).endswith(INDEX_SUFFIX)
+
+
+def find_index(folder: str | Path) -> Path | None:
+    """The index of the sharded set in `folder`: `model.safetensors.index.json`, else the only
+    `*.safetensors.index.json` there; None when there is none (or several)."""
+    folder = Path(folder)
+    if (folder / INDEX_NAME).is_file():
+        return folder / INDEX_NAME
+    found = sorted(p for p in folder.glob("*" + INDEX_SUFFIX) if p.is_file())
+    return found[0] if len(found) == 1 else None
+
+
+def read_index(path: str | Path) -> dict[str, Any]:
+    """A sharded set's index, checked for shape: `weight_map` of tensor name -> shard file name."""
+    path = Path(path)
+    try:
+        index = json.loads(path.read_text())
+    except OSError as exc:
+        raise WeightsError(f"{path}: cannot read the shard index ({exc.strerror or exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise WeightsError(f"{path}: not a valid shard index ({first_line(exc, 120)})") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map or not all(
+            isinstance(v, str) and v and Path(v).name == v for v in weight_map.values()):
+        raise WeightsError(f"{path}: not a shard index (needs a 'weight_map' of tensor names to shard file names "
+                           f"in the same folder)")
+    if not isinstance(index.get("metadata", {}), dict):
+        raise WeightsError(f"{path}: the shard index's 'metadata' is not an object")
+    return index
+
+
+def read_sharded(index_path: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a sharded set, checked against its index: every shard present, of the
+    recorded sha256 where the index records one, and holding exactly the tensors the index maps to it."""
+    from safetensors.torch import load_file
+
+    from rainkit.hub.weights import sha256_file
+
+    index_path = Path(index_path)
+    index = read_index(index_path)
+    folder = index_path.parent
+    expected: dict[str, list[str]] = {}
+    for name, shard in index["weight_map"].items():
+        expected.setdefault(shard, []).append(name)
+    missing = [shard for shard in expected if not (folder / shard).is_file()]
+    if missing:
+        raise WeightsError(f"{index_path}: {len(missing)} of {len(expected)} shards missing beside it: "
+                           f"{_preview(missing)}")
+    recorded = index.get(SHARDS_KEY) if isinstance(index.get(SHARDS_KEY), dict) else {}
+    state: dict[str, torch.Tensor] = {}
+    for shard, names in expected.items():
+        path = folder / shard
+        digest = (recorded.get(shard) or {}).get("sha256") if isinstance(recorded.get(shard), dict) else None
+        if digest and sha256_file(path) != digest:
+            raise WeightsError(f"{path}: sha256 {sha256_file(path)[:12]}… is not the {str(digest)[:12]}… its index "
+                               f"{index_path.name} records: a modified or partly copied shard")
+        try:
+            tensors = load_file(str(path), device="cpu")
+        except Exception as exc:
+            raise WeightsError(f"{path}: not a readable safetensors shard ({first_line(exc, 160)})") from None
+        absent = [n for n in names if n not in tensors]
+        extra = sorted(set(tensors) - set(names))
+        if absent or extra:
+            parts = ([f"missing {len(absent)}: {_preview(absent)}"] if absent else []) + (
+                [f"not in the index {len(extra)}: {_preview(extra)}"] if extra else [])
+            raise WeightsError(f"{path}: does not hold what {index_path.name} maps to it ({'; '.join(parts)})")
+        state.update(tensors)
+    return state
+
+
+def plan_shards(state: Mapping[str, torch.Tensor], max_bytes: int, metadata: Mapping[str, str] | None = None
+                ) -> list[list[str]]:
+    """Tensor names grouped into shards, in order, each shard's file (tensor bytes plus a generous estimate
+    of its JSON header: the metadata and ~100 bytes a tensor) at most `max_bytes`; a tensor too large
+    for any shard gets one of its own."""
+    base = 64 + sum(len(str(k)) + len(str(v)) + 8 for k, v in (metadata or {}).items())
+    shards: list[list[str]] = [[]]
+    used = base
+    for name, tensor in state.items():
+        size = tensor.numel() * tensor.element_size() + len(name) + 100
+        if shards[-1] and used + size > max_bytes:
+            shards.append([])
+            used = base
+        shards[-1].append(name)
+        used += size
+    return shards
+
+
+def save_sharded(folder: str | Path, state: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None,
+                 max_bytes: int = 15 * 2**20, prefix: str = "model") -> Path:
+    """Write `state` as `prefix-0000k-of-0000N.safetensors` shards of at most `max_bytes` each and
+    their index `prefix.safetensors.index.json` (metadata, shard sha256s); returns the index path.
+    Each shard carries `metadata` too. Shards of an earlier set with the same prefix are removed."""
+    from rainkit.hub.weights import sha256_file
+    from rainkit.io.atomic import atomic_save_safetensors, atomic_write_json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
+    plan = plan_shards(state, max_bytes, {"format": "pt", **metadata})
+    count = len(plan)
+    for old in folder.glob(f"{prefix}-*-of-*.safetensors"):
+        old.unlink()
+    weight_map: dict[str, str] = {}
+    shards: dict[str, dict[str, Any]] = {}
+    total = 0
+    for i, names in enumerate(plan, 1):
+        shard = f"{prefix}-{i:05d}-of-{count:05d}.safetensors"
+        path = atomic_save_safetensors(folder / shard, {n: state[n] for n in names}, {"format": "pt", **metadata})
+        if path.stat().st_size > max_bytes and len(names) > 1:
+            raise WeightsError(f"{path}: {path.stat().st_size} bytes, over the {max_bytes} asked for")
+        shards[shard] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+        for n in names:
+            weight_map[n] = shard
+            total += state[n].numel() * state[n].element_size()
+    index = {"metadata": {"total_size": total, **metadata}, "weight_map": weight_map, SHARDS_KEY: shards}
+    return atomic_write_json(folder / f"{prefix}{INDEX_SUFFIX}", index)
+
+
+def shard_checkpoint(source: str | Path, folder: str | Path, max_bytes: int = 15 * 2**20,
+                     prefix: str = "model") -> Path:
+    """Re-write a safetensors file (e.g. a run's `generator.safetensors`) as a sharded set, tensors and
+    metadata unchanged; returns the index path."""
+    from safetensors.torch import load_file
+
+    source = Path(source)
+    if source.suffix != ".safetensors":
+        raise WeightsError(f"{source}: only a .safetensors file can be sharded")
+    return save_sharded(folder, load_file(str(source), device="cpu"), read_metadata(source), max_bytes, prefix)

@@ -132,13 +132,22 @@ def resolve_weights(name_or_path: str | Path) -> ResolvedWeights:
     """Resolve a registered name or a file path to a verified file.
 
     A path to an existing file is hashed; if the hash matches a registered entry, the entry is
-    attached (so outputs record the known provenance). A file whose name, path or metadata claims
+    attached (a sharded set resolves to its index file, given or found in the folder given: the
+    index records each shard's sha256, so its own hash stands for the set) (so outputs record the known provenance). A file whose name, path or metadata claims
     a registered entry must have that entry's hash: a mismatch is an error. A registered name must
     be found on the search path with the right sha256; copies with a wrong hash are skipped with a
     warning, and if none verifies that is an error, never a warning.
     """
     text = str(name_or_path)
     path = Path(text).expanduser()
+    if path.is_dir():
+        from rainkit.hub.checkpoint import INDEX_SUFFIX, find_index
+
+        index = find_index(path)
+        if index is None:
+            raise WeightsError(f"{text}: a folder, but not a sharded weights set (it holds no single "
+                               f"*{INDEX_SUFFIX}); give a weights file")
+        path = index
     if path.is_file():
         return _resolve_file(path)
     looks_like_path = any(sep in text for sep in ("/", "\\")) or path.suffix in (".pth", ".pt", ".safetensors", ".ckpt")

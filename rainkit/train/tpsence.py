@@ -13,11 +13,23 @@ log, curves and stopping are the trainer base's (`rainkit.train.base`). Outputs 
 besides the base's: `samples/step_NNNNNNN.png` (clear | generated | rainy, every `sample_every`
 steps) and, after every epoch and when a budget ends the run, `generator.safetensors` (rainkit's
 format: `load_generator` and `rainkit.hub.load_model("tpsence", path)` rebuild it from the file
-alone) with its card `generator.json`.
+alone) with its card `generator.json`, and `networks.safetensors` (D and the MLP heads, what `init`
+needs besides the generator to continue training).
+
+`init` starts a run from earlier weights with fresh optimisers (`load_init`): a folder holding a
+generator (`generator.safetensors`, or a sharded `model.safetensors.index.json` set) and optionally
+`networks.safetensors` and the earlier card `generator.json`, whose `sessions` the new card extends, so
+the card of weights trained over several sessions lists every session's steps. `epoch_offset` picks up
+the learning-rate schedule where the earlier run left it.
+
+On CUDA the networks and batches are channels-last (`memory_format`) and the next batch, with its NCE
+patch positions, is made in a background thread while the GPU runs (`prefetch`); neither changes
+which samples or positions a step uses.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -35,12 +47,16 @@ from rainkit.train.unpaired_data import UnpairedDataset, sample_rng
 
 GENERATOR = "generator.safetensors"
 CARD = "generator.json"
+NETWORKS_FILE = "networks.safetensors"  # D and the MLP heads, for `init`
+NETWORKS_ARCH = "tpsence.training"  # the `rainkit.arch` of that file: not a network `load_model` builds
 NETWORKS = ("generator", "discriminator", "head")
 OPTIMIZERS = ("opt_g", "opt_d", "opt_f")
 
 
 def lr_at(config: TPSeNCEConfig, epoch: int) -> float:
-    """CUT's linear policy: lr for epochs 0..n_epochs-1, then 1 - k / (n_epochs_decay + 1) for the k-th decay epoch."""
+    """CUT's linear policy: lr for epochs 0..n_epochs-1, then 1 - k / (n_epochs_decay + 1) for the k-th decay epoch
+    (epochs counted from `epoch_offset`, where a run continued with `init` picks the schedule up)."""
+    epoch = epoch + config.epoch_offset
     return config.lr * (1.0 - max(0, epoch + 1 - config.n_epochs) / float(config.n_epochs_decay + 1))
 
 
@@ -69,16 +85,139 @@ def _write_sample(path: Path, x: torch.Tensor, fake: torch.Tensor, y: torch.Tens
     write_image(path, np.concatenate([_to_uint8_image(x), _to_uint8_image(fake), _to_uint8_image(y)], axis=1))
 
 
+def _networks_settings(config: TPSeNCEConfig) -> dict[str, Any]:
+    return {"ndf": config.ndf, "n_layers_d": config.n_layers_d, "antialias": config.antialias,
+            "netf_nc": config.netf_nc, "nce_layers": [int(i) for i in config.nce_layers], **config.generator_kwargs()}
+
+
+def save_networks(path: str | Path, model: TPSeNCE, config: TPSeNCEConfig, fp16: bool = False) -> Path:
+    """D and the MLP heads (`discriminator.*`, `head.*`) as safetensors, the settings they need in the metadata."""
+    from rainkit.hub.checkpoint import ARCH_KEY, KWARGS_KEY
+    from rainkit.io.atomic import atomic_save_safetensors
+
+    state = {f"{name}.{key}": (value.half() if fp16 and value.is_floating_point() else value)
+             for name in ("discriminator", "head") for key, value in getattr(model, name).state_dict().items()}
+    metadata = {ARCH_KEY: NETWORKS_ARCH, KWARGS_KEY: json.dumps(_networks_settings(config), sort_keys=True),
+                "rainkit.dtype": "fp16" if fp16 else "fp32"}
+    return atomic_save_safetensors(path, state, metadata)
+
+
+def _init_sources(source: str) -> tuple[str, Path | None, Path | None]:
+    """(generator weights, networks file or None, earlier card or None) of an `init` value."""
+    from rainkit.hub.checkpoint import find_index
+
+    path = Path(source).expanduser()
+    if not path.is_dir():
+        return source, None, None
+    generator = find_index(path) or path / GENERATOR
+    if not generator.is_file():
+        raise RainkitError(f"`init` {source}: the folder holds no generator ({GENERATOR} or a sharded "
+                           f"model.safetensors.index.json set)")
+    networks, card = path / NETWORKS_FILE, path / CARD
+    return str(generator), networks if networks.is_file() else None, card if card.is_file() else None
+
+
+def load_init(model: TPSeNCE, config: TPSeNCEConfig, source: str) -> dict[str, Any]:
+    """Load earlier weights into `model` (the generator always; D and the MLP heads when `source` is a folder
+    with `networks.safetensors`; fp16 files go into the fp32 networks); returns what the card records
+    of it: the files' sha256 and the earlier card's sessions. Architecture mismatches are one-line errors."""
+    from rainkit.hub import get_arch
+    from rainkit.hub.checkpoint import (
+        KWARGS_KEY,
+        load_state_dict_strict,
+        read_metadata,
+        read_state_dict,
+        weights_arch_kwargs,
+    )
+    from rainkit.hub.weights import resolve_weights
+
+    generator, networks, card = _init_sources(source)
+    resolved = resolve_weights(generator)
+    saved = weights_arch_kwargs(resolved.path, read_metadata(resolved.path), get_arch("tpsence"))
+    if resolved.entry is not None:
+        saved = {**resolved.entry.arch_kwargs, **saved}
+    own = config.generator_kwargs()
+    differ = [f"{k} {saved[k]} (this run: {own[k]})" for k in own if k in saved and saved[k] != own[k]]
+    if differ:
+        raise RainkitError(f"`init` {resolved.path}: a generator with {', '.join(differ)}; set those to match")
+    load_state_dict_strict(model.generator, read_state_dict(resolved.path), source=resolved.path)
+    record: dict[str, Any] = {"source": str(source), "generator": str(resolved.path),
+                              "generator_sha256": resolved.sha256, "networks_sha256": None}
+    if networks is not None:
+        from rainkit.hub.weights import sha256_file
+
+        metadata = read_metadata(networks)
+        try:
+            settings = json.loads(metadata.get(KWARGS_KEY, "{}"))
+        except json.JSONDecodeError:
+            settings = {}
+        mine = _networks_settings(config)
+        differ = [f"{k} {settings[k]} (this run: {mine[k]})" for k in mine if k in settings and settings[k] != mine[k]]
+        if differ:
+            raise RainkitError(f"`init` {networks}: D and MLP heads made with {', '.join(differ)}; set those to match")
+        state = read_state_dict(networks)
+        for name in ("discriminator", "head"):
+            part = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
+            load_state_dict_strict(getattr(model, name), part, source=f"{networks} ({name})")
+        record["networks_sha256"] = sha256_file(networks)
+    sessions: list[dict] = []
+    if card is not None:
+        try:
+            earlier = json.loads(card.read_text())
+        except (OSError, ValueError):
+            earlier = {}
+        sessions = [s for s in earlier.get("sessions", []) if isinstance(s, dict)] if isinstance(earlier, dict) else []
+        if not sessions and isinstance(earlier, dict) and earlier.get("step"):
+            sessions = [{"steps": earlier.get("step"), "batch": (earlier.get("config") or {}).get("batch")}]
+    record["sessions"] = sessions
+    return record
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    import platform
+
+    return f"{device.type} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+class _Ahead:
+    """Iterate over `make(item)` for the items of `items`, making the next one in a background thread."""
+
+    def __init__(self, items, make):
+        self.items, self.make = items, make
+
+    def __iter__(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        items = iter(self.items)
+        with ThreadPoolExecutor(1, thread_name_prefix="tpsence-batch") as pool:
+            pending = next((pool.submit(self.make, item) for item in items), None)
+            while pending is not None:
+                ready = pending.result()
+                pending = next((pool.submit(self.make, item) for item in items), None)
+                yield ready
+
+
 class TPSeNCETrainer(Trainer):
     """TPSeNCE's G, D and MLP head on `UnpairedDataset` batches; exports the generator every epoch."""
 
     state_keys = NETWORKS + OPTIMIZERS
+    init_record: dict[str, Any] | None = None
 
     def build(self) -> None:
         c = self.config
         if len(self.dataset) < c.batch:
             raise RainkitError(f"{len(self.dataset)} samples per epoch is less than one batch of {c.batch}")
-        self.model = TPSeNCE(c).to(self.device)
+        model = TPSeNCE(c)
+        if c.init:  # earlier weights, fresh optimisers (a resume then restores this run's own state)
+            self.init_record = load_init(model, c, c.init)
+        cuda = self.device.type == "cuda"
+        self.channels_last = c.memory_format == "channels_last" or (c.memory_format == "auto" and cuda)
+        self.prefetch = c.prefetch == "on" or (c.prefetch == "auto" and cuda)
+        self.model = model.to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.use_amp = bool((c.amp and self.device.type == "cuda") or (c.cpu_bf16 and self.device.type == "cpu"))
         betas = (c.beta1, c.beta2)
         self.optimizers = [torch.optim.Adam(getattr(self.model, name).parameters(), lr=c.lr, betas=betas)
@@ -107,16 +246,36 @@ class TPSeNCETrainer(Trainer):
     def batches_per_epoch(self) -> int:
         return len(self.dataset) // self.config.batch
 
+    def make_batch(self, indices, epoch: int):
+        """(indices, x, y, mPA, patch ids of x, patch ids of y): the ids are None until the first step
+        has shown the NCE layers' sizes (then they are drawn here, as the step would draw them)."""
+        c = self.config
+        x, y, mpa = self.dataset.batch(indices, epoch)
+        ids_x = ids_y = None
+        positions = self.model.positions
+        if positions is not None and c.lambda_nce > 0:
+            ids_x = [torch.from_numpy(i) for i in self.model.draw_patch_ids(
+                positions, [sample_rng(c.seed, epoch, int(i), 1) for i in indices])]
+            if c.nce_idt:
+                ids_y = [torch.from_numpy(i) for i in self.model.draw_patch_ids(
+                    positions, [sample_rng(c.seed, epoch, int(i), 2) for i in indices])]
+        if self.device.type == "cuda":
+            x, y, mpa = x.pin_memory(), y.pin_memory(), mpa.pin_memory()
+        return indices, x, y, mpa, ids_x, ids_y
+
     def epoch_batches(self, epoch: int, order, first: int, count: int, rank_slice: slice):
-        for b in range(first, count):
-            indices = rank_batch(order, b, self.config.batch, rank_slice)
-            yield indices, *self.dataset.batch(indices, epoch)
+        indices = (rank_batch(order, b, self.config.batch, rank_slice) for b in range(first, count))
+        if self.prefetch:
+            return _Ahead(indices, lambda i: self.make_batch(i, epoch))
+        return (self.make_batch(i, epoch) for i in indices)
 
     def train_step(self, batch, epoch: int) -> dict[str, float]:
         c, model = self.config, self.model
         opt_g, opt_d, opt_f = self.optimizers
-        indices, x, y, mpa = batch
-        x, y, mpa = x.to(self.device), y.to(self.device), mpa.to(self.device)
+        indices, x, y, mpa, ids_x, ids_y = batch
+        x, y, mpa = (t.to(self.device, non_blocking=True) for t in (x, y, mpa))
+        if self.channels_last:
+            x, y = x.contiguous(memory_format=torch.channels_last), y.contiguous(memory_format=torch.channels_last)
         rngs_x = [sample_rng(c.seed, epoch, int(i), 1) for i in indices]
         rngs_y = [sample_rng(c.seed, epoch, int(i), 2) for i in indices]
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
@@ -129,7 +288,7 @@ class TPSeNCETrainer(Trainer):
         opt_d.step()
         # generator + head step, D frozen
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
-            g_terms = model.generator_loss(x, y, fake, idt, mpa, rngs_x, rngs_y)
+            g_terms = model.generator_loss(x, y, fake, idt, mpa, rngs_x, rngs_y, ids_x, ids_y)
         opt_g.zero_grad(set_to_none=True)
         opt_f.zero_grad(set_to_none=True)
         g_terms["g"].backward()
@@ -164,11 +323,19 @@ class TPSeNCETrainer(Trainer):
         kwargs = c.generator_kwargs()
         self.exported = save_checkpoint(self.out / GENERATOR, generator, "tpsence", kwargs,
                                         extra={"rainkit.dtype": dtype})
+        networks = save_networks(self.out / NETWORKS_FILE, self.model, c, fp16=c.export_fp16)
+        earlier = list(self.init_record["sessions"]) if self.init_record else []
+        session = {"steps": self.global_step, "batch": c.batch, "crop": c.crop, "image_steps": self.global_step * c.batch,
+                   "epochs": self.epoch, "epoch_offset": c.epoch_offset, "device": _device_name(self.device),
+                   "init_sha256": self.init_record["generator_sha256"] if self.init_record else None}
         card = self.run_card(
             arch="tpsence", arch_kwargs=kwargs, file=GENERATOR, sha256=sha256_file(self.exported), dtype=dtype,
             parameters=sum(p.numel() for p in self.model.generator.parameters()),
             task="clear -> rainy image translation (TPSeNCE, WACV 2024); inputs/outputs RGB in [-1, 1]",
-            epoch=self.epoch, step=self.global_step, last_epoch_losses=self.history[-1] if self.history else {})
+            epoch=self.epoch, step=self.global_step, last_epoch_losses=self.history[-1] if self.history else {},
+            networks={"file": NETWORKS_FILE, "sha256": sha256_file(networks)},
+            init={k: v for k, v in self.init_record.items() if k != "sessions"} if self.init_record else None,
+            sessions=earlier + [session], total_steps=sum(int(s.get("steps") or 0) for s in earlier + [session]))
         atomic_write_json(self.out / CARD, card)
 
     def curve_panels(self) -> list[Panel]:

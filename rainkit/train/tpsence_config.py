@@ -14,6 +14,9 @@ from typing import Any
 from rainkit.errors import RainkitError
 
 
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+
+
 @dataclass
 class TPSeNCEConfig:
     # ---- data: unpaired clear (source) and rainy (target) images with their label maps
@@ -56,11 +59,24 @@ class TPSeNCEConfig:
     seed: int = 0
     max_steps: int = 0  # stop (with a checkpoint and an export) after this many steps in total; 0 = no limit
     max_minutes: float = 0.0  # stop (likewise) once this run has trained this long; 0 = no limit
+    # Continue from an earlier run's weights with fresh optimisers: a folder (a run's, or what a GPU session
+    # brought back: the generator as generator.safetensors or a sharded model.safetensors.index.json set, D and
+    # the MLP heads from networks.safetensors when it is there), or a generator file or registered name.
+    init: str | None = None
+    # The learning-rate schedule goes on from this epoch (a run continued with `init` after that many epochs of
+    # the same schedule): the run trains the remaining n_epochs + n_epochs_decay - epoch_offset epochs.
+    epoch_offset: int = 0
 
     # ---- run
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA (weights, losses and Sinkhorn stay fp32)
     cpu_bf16: bool = False  # bf16 autocast on the CPU too: about 2x faster on CPUs with bf16 units, not bit-exact
+    # auto: channels-last networks and batches on CUDA (cuDNN's native layout for bf16 convolutions), the
+    # default layout elsewhere; channels_last or contiguous force one (the results agree to rounding).
+    memory_format: str = "auto"
+    # auto: on CUDA, a background thread makes the next batch (crops, label agreement, the NCE patch positions)
+    # while the GPU runs the current step; on or off force it. The batches and positions are the same either way.
+    prefetch: str = "auto"
     log_every: int = 10
     sample_every: int = 200  # steps between sample grids (clear | generated | rainy); 0 = never
     plot_curves: bool = True  # write curves.png at every epoch end (matplotlib)
@@ -69,7 +85,8 @@ class TPSeNCEConfig:
 
     @property
     def epochs(self) -> int:
-        return self.n_epochs + self.n_epochs_decay
+        """Epochs this run trains: the schedule's, less those done before `init` (`epoch_offset`)."""
+        return self.n_epochs + self.n_epochs_decay - self.epoch_offset
 
     def generator_kwargs(self) -> dict[str, Any]:
         return {"ngf": self.ngf, "n_blocks": self.n_blocks, "antialias": self.antialias,
@@ -85,8 +102,15 @@ class TPSeNCEConfig:
             raise RainkitError("num_patches must be at least 2 (one positive and one negative)")
         if not self.nce_layers:
             raise RainkitError("nce_layers is empty")
-        if self.batch < 1 or self.n_epochs < 0 or self.n_epochs_decay < 0 or self.epochs < 1:
+        if self.batch < 1 or self.n_epochs < 0 or self.n_epochs_decay < 0 or self.n_epochs + self.n_epochs_decay < 1:
             raise RainkitError("batch must be positive and n_epochs + n_epochs_decay at least 1")
+        if self.epoch_offset < 0 or self.epochs < 1:
+            raise RainkitError(f"epoch_offset {self.epoch_offset} leaves no epoch of the schedule's "
+                               f"{self.n_epochs + self.n_epochs_decay} to train")
+        if self.memory_format not in MEMORY_FORMATS:
+            raise RainkitError(f"memory_format must be one of {', '.join(MEMORY_FORMATS)}, got {self.memory_format}")
+        if self.prefetch not in ("auto", "on", "off"):
+            raise RainkitError(f"prefetch must be auto, on or off, got {self.prefetch}")
         if self.nce_t <= 0 or self.ot_eps <= 0:
             raise RainkitError("nce_t and ot_eps must be positive")
 

@@ -49,25 +49,36 @@ class TPSeNCE(nn.Module):
         except ValueError as exc:
             raise RainkitError(f"nce_layers: {exc}") from None
         self.head = init_weights(PatchSampleMLP(channels, config.netf_nc), config.init_gain)
+        self.positions: list[int] | None = None  # H * W of each NCE layer's features, known after the first step
 
     # ------------------------------------------------------------------ helpers
-    def patch_ids(self, feats: Sequence[torch.Tensor], rngs: Sequence[np.random.Generator]) -> list[torch.Tensor]:
-        """For each layer, (B, P) positions: P = min(num_patches, H * W), drawn per image from its rng."""
+    def draw_patch_ids(self, positions: Sequence[int], rngs: Sequence[np.random.Generator]) -> list[np.ndarray]:
+        """For each NCE layer of `positions[i]` (= H * W) positions, (B, P) int64 positions: P =
+        min(num_patches, H * W), drawn per image from its rng (layer by layer, image by image).
+        Ids made ahead must be drawn for `self.positions` (the sizes `patch_ids` last saw)."""
         ids = []
-        for feat in feats:
-            positions = feat.shape[2] * feat.shape[3]
-            count = min(self.config.num_patches, positions)
-            rows = [rng.permutation(positions)[:count] for rng in rngs]
-            ids.append(torch.from_numpy(np.stack(rows).astype(np.int64)).to(feat.device))
+        for count_all in positions:
+            count = min(self.config.num_patches, int(count_all))
+            ids.append(np.stack([rng.permutation(int(count_all))[:count] for rng in rngs]).astype(np.int64))
         return ids
 
+    def patch_ids(self, feats: Sequence[torch.Tensor], rngs: Sequence[np.random.Generator]) -> list[torch.Tensor]:
+        """`draw_patch_ids` for these feature maps, as tensors on their device."""
+        self.positions = [feat.shape[2] * feat.shape[3] for feat in feats]
+        return [torch.from_numpy(ids).to(feat.device)
+                for ids, feat in zip(self.draw_patch_ids(self.positions, rngs), feats)]
+
     def nce(self, source: torch.Tensor, generated: torch.Tensor, mpa: torch.Tensor | None,
-            rngs: Sequence[np.random.Generator]) -> torch.Tensor:
-        """Mean over NCE layers of the (Se)NCE loss between G's encodings of `generated` and `source`."""
+            rngs: Sequence[np.random.Generator], ids: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """Mean over NCE layers of the (Se)NCE loss between G's encodings of `generated` and `source`;
+        `ids`: the patch positions `draw_patch_ids` gives for `rngs`, when made ahead."""
         c = self.config
         feat_k = self.generator.encode(source, self.nce_layers)
         feat_q = self.generator.encode(generated, self.nce_layers)
-        ids = self.patch_ids(feat_k, rngs)
+        if ids is None or self.positions != [f.shape[2] * f.shape[3] for f in feat_k]:
+            ids = self.patch_ids(feat_k, rngs)  # none made ahead, or made for other feature sizes
+        else:
+            ids = [i.to(f.device, non_blocking=True) for i, f in zip(ids, feat_k)]
         pooled_k = self.head(feat_k, ids)
         pooled_q = self.head(feat_q, ids)
         total = generated.new_zeros((), dtype=torch.float32)
@@ -92,9 +103,11 @@ class TPSeNCE(nn.Module):
 
     def generator_loss(self, x: torch.Tensor, y: torch.Tensor, fake: torch.Tensor, idt: torch.Tensor | None,
                        mpa: torch.Tensor | None, rngs_x: Sequence[np.random.Generator],
-                       rngs_y: Sequence[np.random.Generator]) -> dict[str, torch.Tensor]:
+                       rngs_y: Sequence[np.random.Generator], ids_x: Sequence[torch.Tensor] | None = None,
+                       ids_y: Sequence[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """The weighted generator terms, their sum ("g") and D's mean scores (`score_*`, diagnostics
-        only). Freezes D for the duration of the call."""
+        only). Freezes D for the duration of the call. `ids_x`/`ids_y`: the NCE patch positions of
+        `rngs_x`/`rngs_y` when made ahead (`draw_patch_ids`)."""
         c = self.config
         d_params = list(self.discriminator.parameters())
         previous = [p.requires_grad for p in d_params]
@@ -107,9 +120,9 @@ class TPSeNCE(nn.Module):
             scores_fake = self.discriminator(fake) if need_scores else None
             terms["gan"] = c.lambda_gan * lsgan_loss(scores_fake, real=True) if c.lambda_gan > 0 else zero
             if c.lambda_nce > 0:
-                nce = self.nce(x, fake, mpa, rngs_x)
+                nce = self.nce(x, fake, mpa, rngs_x, ids_x)
                 if idt is not None:
-                    nce = 0.5 * (nce + self.nce(y, idt, mpa, rngs_y))
+                    nce = 0.5 * (nce + self.nce(y, idt, mpa, rngs_y, ids_y))
                 terms["nce"] = c.lambda_nce * nce
             else:
                 terms["nce"] = zero
