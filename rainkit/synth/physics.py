@@ -60,7 +60,7 @@ PRESETS: dict[str, RainParams] = {
     # What photos of real rain show: faint streaks of every size, and most of the change in the light: a veil
     # that grows with distance (its grey drawn from dull to bright), lost colour, and a few drops on the lens.
     "real": RainParams(density=0.004, length=18.0, width=1.0, angle_spread=10.0, brightness=0.15, blur=1.0,
-                       layers=3, veil=0.15, directions=2, depth_veil=0.5, airlight=(0.5, 0.95), desaturate=0.3,
+                       layers=3, veil=0.15, directions=2, depth_veil=0.5, airlight=(0.5, 0.95), desaturate=0.15,
                        dim=0.05, drops=2.0),
 }
 
