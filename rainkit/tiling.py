@@ -7,8 +7,8 @@ with linear ramps, so no seam can show. Only one tile at a time sits on the devi
 
 Some layers depend on statistics of whole feature maps: SAPNet's channel attention pools each
 map to its channel means, TPSeNCE's instance norm subtracts each map's mean and divides by its
-standard deviation. A tile on its own sees only its own statistics, so the tiler runs in two
-phases (`run_tiled`):
+standard deviation. A tile on its own sees only its own statistics. The first mechanism,
+`run_tiled`, runs the whole network per tile (with a halo of context) in two phases:
 
 1. record: sweeps over the tiles in which every statistics layer not yet fixed adds the float64
    per-channel sums (and, for instance norm, sums of squares) of its input over the tile's
@@ -23,14 +23,14 @@ close approximation: 1 sweep instead of 60). TPSeNCE records one instance-norm l
 the layers before it already fixed, so its statistics are exactly the whole image's (23 chained
 normalisations make the one-sweep shortcut visibly wrong there; `rainkit.synth.tpsence`).
 
-Networks whose every statistics layer is followed by layers that need only a few pixels of
-context have a second, exact mechanism in one pass, `run_single_pass`: the network is given as a
-program of sweeps (`Sweep`), each running a few of its layers over all the tiles with a halo equal
-to those layers' own receptive growth (a 3x3 convolution of dilation d needs d pixels), reading and
-writing whole-image buffers (`storage` dtype), and adding up the per-channel sums of the maps a
-statistics layer pools; the program gets the whole-image means after the sweep, before the next one
-needs them. Every output pixel is then the whole-image forward's, up to floating-point summation
-order and the rounding of the stored maps, and each layer runs once. SAPNet and PReNet give their
+The second mechanism, `run_single_pass`, is exact and runs every layer once: the network is given
+as a program of sweeps (`Sweep`), each running a few of its layers over all the tiles with a halo
+equal to those layers' own receptive growth (a 3x3 convolution of dilation d needs d pixels),
+reading and writing whole-image buffers (`storage` dtype), and adding up the per-channel sums of
+the maps a statistics layer pools; the program gets the whole-image means after the sweep, before
+the next one needs them. Every output pixel is then the whole-image forward's, up to
+floating-point summation order and the rounding of the stored maps, and every convolution runs on
+tile-sized data (on the CPU one tile per core, a thread each). SAPNet and PReNet give their
 program (`RecurrentDerainNet.tile_sweeps`); `plan_single_pass` counts its sweeps and its buffers'
 bytes per pixel for the memory budget.
 

@@ -183,6 +183,27 @@ def test_automatic_tile_follows_the_memory_budget():
     assert _derainer("sapnet", 5000).choose_tile(600, 800) == 0  # a tile larger than the image is no tiling
 
 
+def test_batch_progress_and_sidecar_name_the_plan(tmp_path):
+    import json
+
+    import cv2
+
+    from rainkit.derain import derain_files, plan_jobs
+
+    photo = tmp_path / "rainy.png"
+    cv2.imwrite(str(photo), (rainy_like(150, 170) * 255).astype(np.uint8))
+    plans = []
+    for tiling in ("single-pass", "two-pass"):
+        jobs = plan_jobs([str(photo)], tmp_path / tiling, fmt="png")
+        result = derain_files(_derainer("sapnet", 48, tiling=tiling), jobs,
+                              on_tile=lambda done, total, plan: plans.append(plan))
+        assert result.ok
+        sidecar = json.loads((tmp_path / tiling / "rainy.png.json").read_text())
+        assert sidecar["plan"] == tiling and sidecar["tile"] == 48 and sidecar["tiling"] == tiling
+        assert sidecar["halo"] == (32 if tiling == "two-pass" else 0)
+    assert set(plans) == {"tiles of 48 px, single pass", "tiles of 48 px, 2 passes"}
+
+
 def test_large_image_tiles_and_reports_progress():
     derainer = _derainer("prenet", None, halo=16, budget=3_000_000)
     steps = []
