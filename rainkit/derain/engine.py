@@ -34,10 +34,15 @@ _BYTES_PER_PIXEL_CHANNEL = 40
 # (`rainkit.tiling.run_single_pass`: exact, each layer once) or the two-pass one (`run_tiled`: a record sweep for
 # the CRA statistics, then the tiles with a halo of `halo` px).
 TILINGS = ("auto", "single-pass", "two-pass")
-# The single-pass tiler's tile side per device type: TODO measured
+# The single-pass tiler's tile side per device type. CPU: a 32-channel fp32 map of a 256 px tile is 8 MB (it stays
+# in the 32 MB L3 cache with its neighbours), and the halo costs at most (1 + 2 * 16 / 256)^2 = 1.27x for dilation 16
+# (1.06x over the whole network); 128 to 512 px measured alike within the noise of a shared machine (1 MP, official
+# SAPNet, bench/derain_scaling.py --tile). Other devices: large tiles, fewer kernel launches (not measured).
 SINGLE_PASS_TILE = {"cpu": 256}
 SINGLE_PASS_TILE_OTHER = 1024
-# Images of up to this many pixels run whole when they fit: TODO measured
+# Images of up to this many pixels run whole when they fit: a whole image costs 7.6 s/MP at 1 MP but 12.0 at 4 MP
+# (2 idle cores, README Speed), the single pass 1.26x the 0.15 MP whole figure at 0.15 MP (one idle run) and about
+# the same per pixel at any size.
 WHOLE_UP_TO_PIXELS = 2_000_000
 
 _allocator_tuned = False
