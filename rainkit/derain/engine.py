@@ -41,8 +41,8 @@ TILINGS = ("auto", "single-pass", "two-pass")
 SINGLE_PASS_TILE = {"cpu": 256}
 SINGLE_PASS_TILE_OTHER = 1024
 # Images of up to this many pixels run whole when they fit: a whole image costs 7.6 s/MP at 1 MP but 12.0 at 4 MP
-# (2 idle cores, README Speed), the single pass 1.26x the 0.15 MP whole figure at 0.15 MP (one idle run) and about
-# the same per pixel at any size.
+# (2 idle cores, README Speed); bench/derain_scaling.py --repeat 2 on idle cores: 0.15 MP whole 7.09 s/MP, single
+# pass 1.15x that; 2 MP whole 1.08x, single pass 1.10x (and 1.85 GiB peak against 3.94).
 WHOLE_UP_TO_PIXELS = 2_000_000
 
 _allocator_tuned = False
