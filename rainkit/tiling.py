@@ -7,8 +7,8 @@ with linear ramps, so no seam can show. Only one tile at a time sits on the devi
 
 Some layers depend on statistics of whole feature maps: SAPNet's channel attention pools each
 map to its channel means, TPSeNCE's instance norm subtracts each map's mean and divides by its
-standard deviation. A tile on its own sees only its own statistics, so the tiler runs in two
-phases (`run_tiled`):
+standard deviation. A tile on its own sees only its own statistics. The first mechanism,
+`run_tiled`, runs the whole network per tile (with a halo of context) in two phases:
 
 1. record: sweeps over the tiles in which every statistics layer not yet fixed adds the float64
    per-channel sums (and, for instance norm, sums of squares) of its input over the tile's
@@ -23,6 +23,17 @@ close approximation: 1 sweep instead of 60). TPSeNCE records one instance-norm l
 the layers before it already fixed, so its statistics are exactly the whole image's (23 chained
 normalisations make the one-sweep shortcut visibly wrong there; `rainkit.synth.tpsence`).
 
+The second mechanism, `run_single_pass`, is exact and runs every layer once: the network is given
+as a program of sweeps (`Sweep`), each running a few of its layers over all the tiles with a halo
+equal to those layers' own receptive growth (a 3x3 convolution of dilation d needs d pixels),
+reading and writing whole-image buffers (`storage` dtype), and adding up the per-channel sums of
+the maps a statistics layer pools; the program gets the whole-image means after the sweep, before
+the next one needs them. Every output pixel is then the whole-image forward's, up to
+floating-point summation order and the rounding of the stored maps, and every convolution runs on
+tile-sized data (on the CPU one tile per core, a thread each). SAPNet and PReNet give their
+program (`RecurrentDerainNet.tile_sweeps`); `plan_single_pass` counts its sweeps and its buffers'
+bytes per pixel for the memory budget.
+
 Also here: the memory-based choice of the tile size (`tile_for_budget`).
 """
 
@@ -30,8 +41,9 @@ from __future__ import annotations
 
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Generator, Optional
 
 import numpy as np
 import torch
@@ -214,6 +226,163 @@ def run_tiled(forward: TileForward, image: torch.Tensor, *, tile: int, halo: int
     return torch.from_numpy(output)[None]
 
 
+@dataclass(frozen=True)
+class Sweep:
+    """One pass of a single-pass program (`run_single_pass`) over all the tiles.
+
+    For each tile, `run` gets a private float copy (channels-last) of every buffer in `reads` over the
+    tile's core plus `halo` px per side (clipped to the image), and returns the maps named in `writes`
+    at that same size; the executor keeps their cores. `halo` must cover the receptive growth of what
+    `run` does (a convolution of dilation d: d px), so the cores are exact. `writes` gives each map's
+    channel count; a map that is also read may be written in place only when `run` reads it pointwise.
+    `pooled` names writes whose per-channel whole-image means the program receives after the sweep;
+    `exact` names writes kept at float32 whatever the storage dtype; `frees` names buffers no later
+    sweep reads.
+    """
+
+    reads: tuple[str, ...]
+    writes: dict[str, int]
+    run: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+    halo: int
+    pooled: tuple[str, ...] = ()
+    exact: tuple[str, ...] = ()
+    frees: tuple[str, ...] = ()
+
+
+# A single-pass program: a generator that yields sweeps, is sent the pooled means ({name: (1, C) float32})
+# after each, and returns the name of the output buffer.
+SweepProgram = Generator[Sweep, dict, str]
+
+
+@dataclass(frozen=True)
+class SinglePassPlan:
+    sweeps: int  # passes over the tiles
+    bytes_per_pixel: int  # the program's whole-image buffers at their peak, per image pixel
+    halo: int  # the largest halo of a sweep
+
+
+def plan_single_pass(program: Callable[[], SweepProgram], storage: torch.dtype,
+                     device: torch.device | str = "cpu") -> SinglePassPlan:
+    """Walk a program (`program()` makes it) without computing, zero means on `device` standing in for the pooled
+    ones: its sweep count, the peak bytes per pixel of the buffers it allocates (the inputs it is given are not
+    counted) and its largest halo."""
+    item = torch.empty((), dtype=storage).element_size()
+    live: dict[str, int] = {}
+    peak = sweeps = halo = 0
+    steps = program()
+    sweep = next(steps)
+    while sweep is not None:
+        sweeps += 1
+        halo = max(halo, sweep.halo)
+        for name, channels in sweep.writes.items():
+            live[name] = channels * (4 if name in sweep.exact else item)
+        peak = max(peak, sum(live.values()))
+        for name in sweep.frees:
+            live.pop(name, None)
+        sweep, _ = _advance(steps, {name: torch.zeros(1, sweep.writes[name], device=device) for name in sweep.pooled})
+    return SinglePassPlan(sweeps, peak, halo)
+
+
+def _advance(steps: SweepProgram, means: dict) -> tuple[Sweep | None, str | None]:
+    """Send a program the means of its last sweep: (its next sweep, None), or (None, its output's name) at the end."""
+    try:
+        return steps.send(means), None
+    except StopIteration as finished:
+        return None, finished.value
+
+
+def run_single_pass(program: Callable[[], SweepProgram], inputs: dict[str, torch.Tensor], *, tile: int,
+                    storage: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                    workers: int | None = None, on_tile: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Run a single-pass program (module doc; `program()` makes it) over tiles of about `tile` px; returns its
+    output buffer, float32 on `device`.
+
+    `inputs` are the starting buffers (1, C, H, W), kept as given. Buffers the program writes live on `device`,
+    channels-last, at `storage` dtype (except its `exact` writes: float32); freed ones are reused. Channel sums are
+    over the cores of the maps as computed (before they are rounded to `storage`): float32 within a tile's rows,
+    float64 above, added in tile order.
+
+    On the CPU the tiles of a sweep run on `workers` threads (default: torch's intra-op thread count), each tile on
+    one core: small convolutions split over cores spend more time waiting for each other than computing, the more
+    so when other processes keep a core busy. The tiles run in the caller's grad, inference and autocast mode.
+    `on_tile(done, total)` reports every tile of every sweep.
+    """
+    device = torch.device(device)
+    _, _, height, width = next(iter(inputs.values())).shape
+    cores = [(y0, y1, x0, x1) for y0, y1 in _splits(height, tile) for x0, x1 in _splits(width, tile)]
+    total = plan_single_pass(program, storage, device).sweeps * len(cores) if on_tile else 0
+    if workers is None:
+        workers = torch.get_num_threads() if device.type == "cpu" else 1
+    workers = max(1, min(workers, len(cores)))
+    buffers: dict[str, torch.Tensor] = dict(inputs)
+    spare: list[torch.Tensor] = []
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+    autocast = (torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type))
+
+    def allocate(channels: int, dtype: torch.dtype) -> torch.Tensor:
+        for index, buffer in enumerate(spare):
+            if buffer.shape[1] == channels and buffer.dtype == dtype:
+                return spare.pop(index)
+        return torch.empty((1, channels, height, width), dtype=dtype, device=device, memory_format=torch.channels_last)
+
+    def load(buffer: torch.Tensor, region: tuple[int, int, int, int]) -> torch.Tensor:
+        ry0, ry1, rx0, rx1 = region
+        view = buffer[:, :, ry0:ry1, rx0:rx1]
+        copy = torch.empty(view.shape, dtype=torch.float32, device=device, memory_format=torch.channels_last)
+        # Copied as the NHWC arrays both are (here and in the writes): twice as fast on the CPU as copying the
+        # NCHW views.
+        copy.permute(0, 2, 3, 1).copy_(view.permute(0, 2, 3, 1))
+        return copy
+
+    def run_tile(sweep: Sweep, core: tuple[int, int, int, int]) -> dict[str, torch.Tensor]:
+        """One tile of a sweep: its cores written into the buffers; returns the pooled maps' channel sums."""
+        y0, y1, x0, x1 = core
+        region = (max(0, y0 - sweep.halo), min(height, y1 + sweep.halo),
+                  max(0, x0 - sweep.halo), min(width, x1 + sweep.halo))
+        cy0, cx0 = y0 - region[0], x0 - region[2]
+        sums = {}
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad), \
+                torch.autocast(device.type, dtype=autocast[1], enabled=autocast[0]):
+            outputs = sweep.run({name: load(buffers[name], region) for name in sweep.reads})
+            for name, value in outputs.items():
+                piece = value[:, :, cy0:cy0 + y1 - y0, cx0:cx0 + x1 - x0]
+                if name in sweep.pooled:
+                    # Rows first, then columns: 30 times faster than one float64 reduction over both (channels-last).
+                    sums[name] = piece.permute(0, 2, 3, 1).sum(2, dtype=torch.float32).sum(1, dtype=torch.float64)
+                buffers[name][:, :, y0:y1, x0:x1].permute(0, 2, 3, 1).copy_(piece.permute(0, 2, 3, 1))
+        return sums
+
+    pool = ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) if workers > 1 else None
+    done = 0
+    try:
+        steps = program()
+        sweep, result = next(steps), None
+        while sweep is not None:
+            for name, channels in sweep.writes.items():
+                if name not in buffers:
+                    buffers[name] = allocate(channels, torch.float32 if name in sweep.exact else storage)
+            totals = {name: torch.zeros(1, sweep.writes[name], dtype=torch.float64, device=device)
+                      for name in sweep.pooled}
+            tiles = (pool.map(run_tile, [sweep] * len(cores), cores) if pool is not None
+                     else (run_tile(sweep, core) for core in cores))
+            for sums in tiles:  # in tile order, whichever thread ran it: the same sums every run
+                for name, value in sums.items():
+                    totals[name] += value
+                done += 1
+                if on_tile:
+                    on_tile(done, total)
+            for name in sweep.frees:
+                freed = buffers.pop(name)
+                if name not in inputs:
+                    spare.append(freed)
+            means = {name: (summed / (height * width)).float() for name, summed in totals.items()}
+            sweep, result = _advance(steps, means)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    return buffers[result].float()
+
+
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -255,26 +424,31 @@ def available_memory_bytes(device: torch.device) -> int:
     return 8 << 30
 
 
+def memory_budgets(memory_budget: int | None, device: torch.device) -> tuple[int, int]:
+    """(whole, tiles): the bytes a pass over whole-image buffers may take, and the working memory of the two-pass
+    tiler's tiles. A given `memory_budget` is both. Without one: half the free GPU memory for both; on the CPU
+    35% of available RAM for whole images, and 1.2 GB for tiles (large tiles with glibc's tuned heap use about
+    twice their estimate: a 12 MP photo in tiles sized to 35% of RAM was killed for memory)."""
+    if memory_budget is not None:
+        return memory_budget, memory_budget
+    available = available_memory_bytes(device)
+    if device.type == "cuda":
+        return int(available * 0.5), int(available * 0.5)
+    whole = int(available * 0.35)
+    return whole, min(whole, 1200 << 20)
+
+
 def tile_for_budget(height: int, width: int, tile: int | None, memory_budget: int | None, device: torch.device,
                     bytes_per_pixel: int, margin: int) -> int:
     """The user's tile, or the largest square tile whose working memory fits the budget (0 = whole image).
 
-    `margin` is the context each tile carries on a side (halo + blend). Without a given budget: half the
-    free GPU memory; on the CPU an image runs whole when its estimate fits 35% of available RAM (whole
-    images are much cheaper per pixel while they fit: bench/derain_scaling.py, 1 MP whole 7.6 s/MP, in
-    807 px tiles 19 s/MP), and tiles keep to 1.2 GB of working memory (large tiles with glibc's tuned heap
-    use about twice their estimate: a 12 MP photo in tiles sized to 35% of RAM was killed for memory).
+    `margin` is the context each tile carries on a side (halo + blend). The image runs whole when its estimate
+    fits the whole-image budget (`memory_budgets`: whole images are much cheaper per pixel than the two-pass
+    tiler's tiles while they fit: bench/derain_scaling.py, 1 MP whole 7.6 s/MP, in 807 px tiles 19 s/MP).
     `max_memory` holds a process to less."""
     if tile is not None:
         return tile if 0 < tile < max(height, width) else 0
-    budget = whole_budget = memory_budget
-    if budget is None:
-        available = available_memory_bytes(device)
-        if device.type == "cuda":
-            budget = whole_budget = int(available * 0.5)
-        else:
-            whole_budget = int(available * 0.35)
-            budget = min(whole_budget, 1200 << 20)
+    whole_budget, budget = memory_budgets(memory_budget, device)
     if height * width * bytes_per_pixel <= whole_budget:
         return 0
     return max(64, int(math.sqrt(budget / bytes_per_pixel)) - 2 * margin)

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from rainkit.derain.engine import Derainer
+from rainkit.errors import RainkitError
 from rainkit.hub import create_model
 from rainkit.models.recurrent import PooledStats
-from rainkit.tiling import TileBox, plan_tiles, run_tiled
+from rainkit.tiling import TileBox, plan_single_pass, plan_tiles, run_single_pass, run_tiled
 from tests.conftest import rainy_like
 import tests.tolerances as TOL
 
@@ -19,10 +20,14 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(1 / mse)
 
 
-def _derainer(arch: str, tile, halo=32, budget=None, precision="fp32") -> Derainer:
+def _model(arch: str, **settings):
     torch.manual_seed(0)
-    model = create_model(arch, "tiny").eval().to(memory_format=torch.channels_last)
-    return Derainer(model, "cpu", arch=arch, precision=precision, tile=tile, halo=halo, memory_budget=budget)
+    return create_model(arch, "tiny", **settings).eval().to(memory_format=torch.channels_last)
+
+
+def _derainer(arch: str, tile, halo=32, budget=None, precision="fp32", tiling="auto") -> Derainer:
+    return Derainer(_model(arch), "cpu", arch=arch, precision=precision, tile=tile, halo=halo, memory_budget=budget,
+                    tiling=tiling)
 
 
 def test_cores_partition_the_image():
@@ -45,12 +50,74 @@ def test_aligned_tiles_start_and_end_on_the_stride():
         plan_tiles(100, 130, 40, halo=12, blend=4, align=4)
 
 
+@pytest.mark.parametrize("tiling", ["single-pass", "two-pass"])
 @pytest.mark.parametrize("arch", ["sapnet", "prenet"])
-def test_tiled_output_matches_whole_image(arch):
+def test_tiled_output_matches_whole_image(arch, tiling):
     image = rainy_like(150, 170)
     whole = _derainer(arch, 0).derain(image)
-    tiled = _derainer(arch, 48).derain(image)
+    tiler = _derainer(arch, 48, tiling=tiling)
+    steps = []
+    tiled = tiler.derain(image, on_tile=lambda done, total: steps.append((done, total)))
+    assert tiler.last_plan == tiling and tiler.last_tile == 48
     assert _psnr(tiled, whole) > TOL.TILED_VS_WHOLE_DB
+    if tiling == "single-pass":
+        sweeps = plan_single_pass(tiler.model.tile_sweeps, torch.float16).sweeps
+    else:
+        sweeps = 2 if arch == "sapnet" else 1  # a record sweep for SAPNet's CRA statistics, then the render sweep
+    assert steps == [(i, sweeps * 16) for i in range(1, sweeps * 16 + 1)]  # 4 x 4 tiles per sweep
+    if tiling == "single-pass":
+        assert np.abs(tiled - whole).max() < TOL.SINGLE_PASS_FP16_STORAGE
+
+
+def _image_tensor(height: int, width: int) -> torch.Tensor:
+    return torch.from_numpy(rainy_like(height, width).transpose(2, 0, 1).copy())[None]
+
+
+@pytest.mark.parametrize("arch,settings", [("sapnet", {}), ("sapnet", {"dilations": (1, 2, 4)}), ("prenet", {})])
+def test_single_pass_equals_the_whole_image_forward(arch, settings):
+    """An odd size in tiles smaller than the image both ways (4 x 5 of 24 px, the halos up to 4 px): the forward's
+    output up to float32 rounding with float32 buffers, bit for bit on one or two threads, and close with fp16 ones."""
+    model = _model(arch, **settings)
+    x = _image_tensor(77, 103)
+    with torch.inference_mode():
+        whole = model(x.contiguous(memory_format=torch.channels_last))
+        one = run_single_pass(model.tile_sweeps, {"image": x}, tile=24, workers=1)
+        two = run_single_pass(model.tile_sweeps, {"image": x}, tile=24, workers=2)
+        half = run_single_pass(model.tile_sweeps, {"image": x}, tile=24, storage=torch.float16)
+    assert (one - whole).abs().max() < TOL.SINGLE_PASS_FP32
+    assert torch.equal(one, two)  # the channel sums are added in tile order, whichever thread ran a tile
+    assert (half - whole).abs().max() < TOL.SINGLE_PASS_FP16_STORAGE
+    assert not torch.equal(half, one)  # the fp16 buffers really were fp16
+
+
+def test_single_pass_plan_counts_sweeps_halos_and_buffers():
+    sapnet = plan_single_pass(_model("sapnet", dilations=(1, 2, 4)).tile_sweeps, torch.float16)  # 2 stages, width 8
+    assert sapnet.sweeps == 2 * (1 + 2 * 3 + 1) and sapnet.halo == 4  # LSTM, 2 per block, output; the largest dilation
+    # c, h, the block before's input and conv2 output, this block's input and conv1 output (fp16); the estimate (fp32)
+    assert sapnet.bytes_per_pixel == 6 * 8 * 2 + 3 * 4
+    prenet = plan_single_pass(_model("prenet").tile_sweeps, torch.float32)  # 2 stages, 2 blocks of dilation 1
+    assert prenet.sweeps == 2 * 2 and prenet.halo == 1 + 2 * 2  # LSTM, then the blocks and the output convolution
+    assert prenet.bytes_per_pixel == 3 * 8 * 4 + 3 * 4  # c and the old and new h; the estimate
+
+
+def test_automatic_plan_is_whole_then_single_pass_then_two_passes():
+    # The tiny SAPNet on 1200 x 1600: whole 384 B/px = 737 MB, single pass 92 B/px = 177 MB and 26 MB per thread.
+    def plan(budget, **options):
+        return Derainer(_model("sapnet"), "cpu", arch="sapnet", memory_budget=budget, **options).choose_plan(1200, 1600)
+
+    assert plan(10**12) == ("whole", 0)
+    assert plan(400 << 20) == ("single-pass", 256)
+    kind, tile = plan(100 << 20)
+    assert kind == "two-pass" and 64 <= tile < 1200
+    assert plan(10**12, tiling="two-pass") == ("whole", 0)
+    assert plan(400 << 20, tiling="two-pass")[0] == "two-pass"
+    assert plan(100 << 20, tiling="single-pass") == ("single-pass", 256)
+    assert plan(10**12, tile=300) == ("single-pass", 300)
+    assert plan(10**12, tile=0) == ("whole", 0)
+    big = Derainer(_model("sapnet"), "cpu", arch="sapnet", memory_budget=10**12)
+    assert big.choose_plan(1500, 2000) == ("single-pass", 256)  # past 2 MP a single pass even where whole fits
+    with pytest.raises(RainkitError, match="tiling: 'three-pass' is not one of auto, single-pass, two-pass"):
+        Derainer(_model("sapnet"), "cpu", tiling="three-pass")
 
 
 def test_global_pooling_is_what_makes_small_tiles_exact():
@@ -116,6 +183,27 @@ def test_automatic_tile_follows_the_memory_budget():
     assert _derainer("sapnet", 5000).choose_tile(600, 800) == 0  # a tile larger than the image is no tiling
 
 
+def test_batch_progress_and_sidecar_name_the_plan(tmp_path):
+    import json
+
+    import cv2
+
+    from rainkit.derain import derain_files, plan_jobs
+
+    photo = tmp_path / "rainy.png"
+    cv2.imwrite(str(photo), (rainy_like(150, 170) * 255).astype(np.uint8))
+    plans = []
+    for tiling in ("single-pass", "two-pass"):
+        jobs = plan_jobs([str(photo)], tmp_path / tiling, fmt="png")
+        result = derain_files(_derainer("sapnet", 48, tiling=tiling), jobs,
+                              on_tile=lambda done, total, plan: plans.append(plan))
+        assert result.ok
+        sidecar = json.loads((tmp_path / tiling / "rainy.png.json").read_text())
+        assert sidecar["plan"] == tiling and sidecar["tile"] == 48 and sidecar["tiling"] == tiling
+        assert sidecar["halo"] == (32 if tiling == "two-pass" else 0)
+    assert set(plans) == {"tiles of 48 px, single pass", "tiles of 48 px, 2 passes"}
+
+
 def test_large_image_tiles_and_reports_progress():
     derainer = _derainer("prenet", None, halo=16, budget=3_000_000)
     steps = []
@@ -130,21 +218,23 @@ def test_cpu_bf16_is_close_to_fp32_and_tiles_like_fp32(arch):
     image = rainy_like(150, 170)
     fp32 = _derainer(arch, 0).derain(image)
     whole = _derainer(arch, 0, precision="bf16").derain(image)
-    tiled = _derainer(arch, 48, precision="bf16").derain(image)
+    tiler = _derainer(arch, 48, precision="bf16")
+    tiled = tiler.derain(image)
+    assert tiler.last_plan == "single-pass"
     assert _psnr(tiled, whole) > TOL.TILED_VS_WHOLE_DB
-    assert _psnr(whole, fp32) > TOL.BF16_VS_FP32_DB
-    assert np.abs(whole - fp32).max() < TOL.BF16_MAX_ABS
+    assert _psnr(whole, fp32) > TOL.BF16_VS_FP32_DB and _psnr(tiled, fp32) > TOL.BF16_VS_FP32_DB
+    assert np.abs(whole - fp32).max() < TOL.BF16_MAX_ABS and np.abs(tiled - fp32).max() < TOL.BF16_MAX_ABS
     assert not np.array_equal(whole, fp32)  # bf16 really ran
 
 
 def test_engines_share_device_precision_and_describe():
-    from rainkit.errors import DeviceError, RainkitError
+    from rainkit.errors import DeviceError
     from rainkit.models.espnet import Segmenter
     from rainkit.synth.tpsence import WeatherGenerator
 
     derainer = _derainer("prenet", None, precision="bf16")
     assert derainer.describe() == {"model": "prenet", "weights": None, "weights_sha256": None, "device": "cpu",
-                                   "precision": "bf16"}
+                                   "precision": "bf16", "tiling": "auto"}
     assert derainer.num_params == sum(p.numel() for p in derainer.model.parameters())
     generator = WeatherGenerator(create_model("tpsence", "tiny").eval(), "cpu", work_width=64)
     assert generator.describe()["model"] == "tpsence" and generator.describe()["work_width"] == 64
@@ -161,7 +251,6 @@ def test_engines_share_device_precision_and_describe():
 
 def test_loaded_engine_records_its_weights(tiny_sapnet_file, tmp_path):
     from rainkit.derain import load_derainer
-    from rainkit.errors import RainkitError
     from rainkit.hub.checkpoint import save_checkpoint
     from rainkit.hub.weights import sha256_file
 

@@ -38,6 +38,12 @@ FP32_GRAD_ABS, FP32_GRAD_REL = 1e-6, 1e-4
 # Tiled vs whole-image deraining: the halo covers the receptive field and the pooled statistics are the whole
 # image's, so what is left is float32 rounding (well above 60 dB PSNR; measured ~157 dB on the tiny variants).
 TILED_VS_WHOLE_DB = 60.0
+# The single-pass tiler with float32 buffers vs the whole-image forward: the same convolutions over other tile shapes and
+# the CRA means summed per tile (measured at most 1.2e-7 on the tiny variants).
+SINGLE_PASS_FP32 = 1e-5
+# ... with its default fp16 buffers for fp32 precision: every stored map rounded to 11 bits (measured at most 4.8e-5 on
+# the tiny variants; 1.9e-4 with the official SAPNet on a 1280x800 photo, within 1 grey level).
+SINGLE_PASS_FP16_STORAGE = 2e-4
 # CPU bf16 vs fp32 of a tiny variant: bf16 rounds activations to 8 bits of mantissa (measured ~75 dB, at most 8e-4).
 BF16_VS_FP32_DB = 50.0
 BF16_MAX_ABS = 0.5 / 255

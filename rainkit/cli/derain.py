@@ -25,8 +25,9 @@ def derain_command(
     fmt: str = typer.Option("png", "--format", "-f", help="Output format: png, jpg, webp or tif."),
     quality: Optional[int] = typer.Option(None, "--quality", min=1, max=100, help="JPEG/WebP quality (default 95)."),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Cap the process's memory, e.g. 3G or 512M: "
-                                             "large images are tiled to stay under it (slower: two passes over "
-                                             "the tiles). Default: tiles follow free memory."),
+                                             "large images are tiled to stay under it (one exact pass over the "
+                                             "tiles while its image-sized buffers fit, else two passes, slower). "
+                                             "Default: the plan follows free memory."),
     shard: Optional[str] = typer.Option(None, "--shard", help=SHARD_HELP),
     codec: str = typer.Option("libx264", "--codec", help=VIDEO_HELP["codec"]),
     crf: int = typer.Option(18, "--crf", min=0, max=51, help=VIDEO_HELP["crf"]),

@@ -46,7 +46,8 @@ def derain_files(
         return to_uint8(derainer.derain(rgb.astype(np.float32) / 255.0))
 
     def tile_progress(done: int, total: int) -> None:
-        plan = f"tiles of {derainer.last_tile} px"
+        passes = "single pass" if derainer.last_plan == "single-pass" else "2 passes"
+        plan = f"tiles of {derainer.last_tile} px, {passes}"
         if getattr(derainer, "max_memory", None):
             plan += f" (under {derainer.max_memory / 2**30:.1f} GiB)"
         on_tile(done, total, plan)
@@ -68,8 +69,9 @@ def derain_files(
                 "output": str(job.output),
                 "output_sha256": sha256_bytes(data),
                 **derainer.describe(),
+                "plan": getattr(derainer, "last_plan", "whole"),
                 "tile": derainer.last_tile,
-                "halo": derainer.halo if derainer.last_tile else 0,
+                "halo": derainer.halo if getattr(derainer, "last_plan", "whole") == "two-pass" else 0,
                 "size": [width, height],
                 "seconds": round(seconds, 3),
                 "rainkit_version": __version__,

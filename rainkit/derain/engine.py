@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from rainkit.engine import TiledEngine
-from rainkit.errors import RainkitError
+from rainkit.errors import ParameterError, RainkitError
 from rainkit.models.recurrent import PooledStats, RecurrentDerainNet
-from rainkit.tiling import run_tiled
+from rainkit.tiling import SinglePassPlan, memory_budgets, plan_single_pass, run_single_pass, run_tiled
 
 # Context kept around each tile. The theoretical receptive radius of SAPNet is 390 px (six stages
 # of 65), but the influence of far pixels decays fast. Measured on a 1024x768 photo with 256 px
@@ -30,6 +30,20 @@ DEFAULT_BLEND = 16
 # SAPNet (width 32) on a 1.6 MP photo, 39 bytes per pixel and channel; 40 plus 64 bytes per pixel
 # for the image, the output and their copies.
 _BYTES_PER_PIXEL_CHANNEL = 40
+# How a large image is run (`Derainer.choose_plan`): "auto" picks, the others force the single-pass tiler
+# (`rainkit.tiling.run_single_pass`: exact, each layer once) or the two-pass one (`run_tiled`: a record sweep for
+# the CRA statistics, then the tiles with a halo of `halo` px).
+TILINGS = ("auto", "single-pass", "two-pass")
+# The single-pass tiler's tile side per device type. CPU: a 32-channel fp32 map of a 256 px tile is 8 MB (it stays
+# in the 32 MB L3 cache with its neighbours), and the halo costs at most (1 + 2 * 16 / 256)^2 = 1.27x for dilation 16
+# (1.06x over the whole network); 128 to 512 px measured alike within the noise of a shared machine (1 MP, official
+# SAPNet, bench/derain_scaling.py --tile). Other devices: large tiles, fewer kernel launches (not measured).
+SINGLE_PASS_TILE = {"cpu": 256}
+SINGLE_PASS_TILE_OTHER = 1024
+# Images of up to this many pixels run whole when they fit: a whole image costs 7.6 s/MP at 1 MP but 12.0 at 4 MP
+# (2 idle cores, README Speed); bench/derain_scaling.py --repeat 2 on idle cores: 0.15 MP whole 7.09 s/MP, single
+# pass 1.15x that; 2 MP whole 1.08x, single pass 1.10x (and 1.85 GiB peak against 3.94).
+WHOLE_UP_TO_PIXELS = 2_000_000
 
 _allocator_tuned = False
 
@@ -58,14 +72,22 @@ def tune_cpu_allocator() -> None:
 class Derainer(TiledEngine):
     """A ready-to-run deraining model (SAPNet, PReNet). Build it with `load_derainer`.
 
-    Large images run in tiles (`rainkit.tiling`): `halo` px of context (at most the network's
-    receptive radius) and `blend` px of blending per side; SAPNet's channel attention gets the
-    whole image's pooled means from a record sweep.
+    Plans (`choose_plan`, `last_plan`): "whole"; "single-pass" (`rainkit.tiling.run_single_pass`, the network's
+    layers swept over tiles of whole-image buffers: exact, each layer once); "two-pass" (`rainkit.tiling.run_tiled`:
+    `halo` px of context, at most the network's receptive radius, and `blend` px of blending per side; SAPNet's
+    channel attention gets the whole image's pooled means from a record sweep), the fallback when the single
+    pass's buffers do not fit the memory budget. `tiling` ("auto", "single-pass", "two-pass"; `TILINGS`) forces
+    one of the tilers; `tile` forces the tile side (0: whole image).
     """
 
     def __init__(self, model: RecurrentDerainNet, device: torch.device | str, *, halo: int = DEFAULT_HALO,
-                 blend: int = DEFAULT_BLEND, **engine: Any) -> None:
+                 blend: int = DEFAULT_BLEND, tiling: str = "auto", **engine: Any) -> None:
         super().__init__(model, device, halo=halo, blend=blend, **engine)
+        if tiling not in TILINGS:
+            raise ParameterError("tiling", f"'{tiling}' is not one of {', '.join(TILINGS)}")
+        self.tiling = tiling
+        self.last_plan = "whole"
+        self._single_pass: SinglePassPlan | None = None
 
     @classmethod
     def prepare_model(cls, model: nn.Module, arch: str, device: torch.device) -> RecurrentDerainNet:
@@ -80,6 +102,51 @@ class Derainer(TiledEngine):
     def tile_margin(self) -> int:
         return self.halo + self.blend
 
+    def describe(self) -> dict:
+        return {**super().describe(), "tiling": self.tiling}
+
+    # ------------------------------------------------------------------ plans
+    @property
+    def storage_dtype(self) -> torch.dtype:
+        """The single-pass tiler's buffers: fp16 for fp32 (measured on a real photo with the official SAPNet: at most
+        1 grey level from the whole-image output, as fp32 buffers; bf16 buffers 8 times the error), else the
+        precision's own 16-bit type."""
+        return torch.bfloat16 if self.precision == "bf16" else torch.float16
+
+    def single_pass_plan(self) -> SinglePassPlan:
+        """The network's single-pass program: sweeps, buffer bytes per pixel, largest halo."""
+        if self._single_pass is None:
+            with torch.inference_mode():
+                self._single_pass = plan_single_pass(self.model.tile_sweeps, self.storage_dtype, self.device)
+        return self._single_pass
+
+    def single_pass_bytes(self, height: int, width: int, tile: int) -> int:
+        """Memory of a single pass: the whole-image buffers, and one tile's working memory per worker thread."""
+        plan = self.single_pass_plan()
+        workers = torch.get_num_threads() if self.device.type == "cpu" else 1
+        side = min(tile, max(height, width)) + 2 * plan.halo
+        return height * width * plan.bytes_per_pixel + workers * side * side * self.bytes_per_pixel()
+
+    def choose_plan(self, height: int, width: int) -> tuple[str, int]:
+        """(plan, tile side) for an image (class doc). Automatic: whole up to `WHOLE_UP_TO_PIXELS` when it fits,
+        else the single pass when its buffers fit the whole-image budget (`rainkit.tiling.memory_budgets`, or
+        what `max_memory` leaves), else the two-pass tiler's tiles for the budget."""
+        if self.tile == 0 or (self.tile is not None and self.tile >= max(height, width)):
+            return "whole", 0
+        if self.tiling != "two-pass":
+            tile = self.tile or SINGLE_PASS_TILE.get(self.device.type, SINGLE_PASS_TILE_OTHER)
+            if self.tiling == "single-pass":
+                return "single-pass", tile
+            whole_budget, _ = memory_budgets(self.working_budget(height, width), self.device)
+            if (self.tile is None and height * width <= WHOLE_UP_TO_PIXELS
+                    and height * width * self.bytes_per_pixel() <= whole_budget):
+                return "whole", 0
+            if self.single_pass_bytes(height, width, tile) <= whole_budget:
+                return "single-pass", tile
+        tile = self.choose_tile(height, width)
+        return ("two-pass" if tile else "whole"), tile
+
+    # ---------------------------------------------------------------- running
     def _forward(self, x: torch.Tensor, pooled: PooledStats | None = None) -> torch.Tensor:
         x = x.to(self.device)
         if self.device.type == "cpu":
@@ -98,10 +165,14 @@ class Derainer(TiledEngine):
         if self.device.type == "cpu" and self.max_memory is None:
             tune_cpu_allocator()  # under a memory cap, glibc keeps returning freed maps: the tuned heap holds them
         _, _, height, width = x.shape
-        tile = self.choose_tile(height, width)
-        self.last_tile = tile
-        if tile == 0:
+        plan, tile = self.choose_plan(height, width)
+        self.last_plan, self.last_tile = plan, tile
+        if plan == "whole":
             return self._forward(x).cpu()
+        if plan == "single-pass":
+            with torch.inference_mode(), self.autocast():
+                return run_single_pass(self.model.tile_sweeps, {"image": x}, tile=tile, storage=self.storage_dtype,
+                                       device=self.device, on_tile=on_tile).cpu()
         stats = PooledStats() if self.model.attention else None
         return run_tiled(self.forward_tile, x, tile=tile, halo=min(self.halo, self.model.receptive_radius()),
                          blend=self.blend, stats=stats, on_tile=on_tile)
@@ -113,8 +184,10 @@ class Derainer(TiledEngine):
 
 
 def load_derainer(model: str = "sapnet", weights: str | None = None, device: str = "auto", precision: str = "fp32",
-                  tile: int | None = None, halo: int = DEFAULT_HALO, max_memory: int | str | None = None) -> Derainer:
+                  tile: int | None = None, halo: int = DEFAULT_HALO, max_memory: int | str | None = None,
+                  tiling: str = "auto") -> Derainer:
     """Load a deraining model ready to use: `load_derainer("prenet", "prenet.rain100l").derain(rgb)`.
-    `max_memory` ("3G") caps the process's memory: large images are tiled to stay under it."""
+    `max_memory` ("3G") caps the process's memory: large images are tiled to stay under it. `tiling` forces a tiler
+    for large images ("single-pass", "two-pass"; `Derainer`)."""
     return Derainer.load(model, weights, device=device, precision=precision, tile=tile, halo=halo,
-                         max_memory=max_memory)
+                         max_memory=max_memory, tiling=tiling)

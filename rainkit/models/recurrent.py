@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rainkit.tiling import TileStats
+from rainkit.tiling import Sweep, SweepProgram, TileStats
 
 
 def _channel_mean(x: torch.Tensor) -> torch.Tensor:
@@ -127,6 +127,69 @@ class RecurrentDerainNet(nn.Module):
         return per_stage * self.stages
 
     # ----------------------------------------------------------------- fast path
+    # `forward` and the single-pass tiler's program (`tile_sweeps`) are both made of the pieces below, so the
+    # two cannot compute different functions.
+    def _recurrent_state(self, stage: int, x: torch.Tensor, estimate: torch.Tensor | None, state: list,
+                         fast: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """One stage's input convolution and LSTM cell: the new (h, c) from the image, the last estimate and
+        `state` = [h, c] of the stage before. `state` is emptied, so that the old h is freed as soon as it is
+        read; in the fast path c is updated in place."""
+        h, c = state or (None, None)
+        state.clear()
+        width = self.width
+        conv0 = self.conv0[0]
+        gate_i, gate_f, gate_g, gate_o = (self.conv_i[0], self.conv_f[0], self.conv_g[0], self.conv_o[0])
+        if stage == 0:
+            # The first stage sees [x, x] and a zero state: fold the two input halves of conv0
+            # together, drop the gate weights that multiply h = 0 and skip the forget gate (c = 0).
+            feat = F.conv2d(x, conv0.weight[:, :3] + conv0.weight[:, 3:], conv0.bias, padding=1).relu()
+            i, g, o = (F.conv2d(feat, gate.weight[:, :width], gate.bias, padding=1) for gate in (gate_i, gate_g, gate_o))
+            c = i.sigmoid_().mul_(g.tanh_()) if fast else torch.sigmoid(i) * torch.tanh(g)
+            del feat, i, g
+        else:
+            feat = conv0(torch.cat((x, estimate), 1))
+            joint = torch.cat((feat.relu_() if fast else feat.relu(), h), 1)
+            # Four 64->32 convolutions rather than one 64->128: oneDNN runs them faster on CPU and
+            # each gate comes out contiguous for the elementwise work.
+            if fast:
+                # Memory: h lives on only inside `joint`, and each gate is used up as soon as it is
+                # made, so at most 5 full-size maps are alive here (joint counts 2) instead of 9.
+                del feat, h
+                c.mul_(gate_f(joint).sigmoid_())
+                c.addcmul_(gate_i(joint).sigmoid_(), gate_g(joint).tanh_())
+                o = gate_o(joint)
+                del joint
+            else:
+                i, f, g, o = (gate(joint) for gate in (gate_i, gate_f, gate_g, gate_o))
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                del feat, joint, i, f, g
+        h = torch.tanh(c).mul_(o.sigmoid_()) if fast else torch.sigmoid(o) * torch.tanh(c)
+        return h, c
+
+    # Inference with a single image, attention blocks in three pieces: a CRA gate is positive, so
+    # relu(y * g) = relu(y) * g and the first gate folds into the second convolution's input channels;
+    # the second gate scales in place. Two full-size passes fewer per block than the module-by-module
+    # computation. Each piece consumes its tensor arguments (in place).
+    @staticmethod
+    def _attention_conv2(block: nn.Sequential, y1: torch.Tensor, g1: torch.Tensor) -> torch.Tensor:
+        """The block's second convolution of relu(y1) scaled by the first CRA gate `g1`."""
+        conv2 = block[3]
+        w2 = conv2.weight * g1.view(1, -1, 1, 1)
+        return F.conv2d(y1.relu_(), w2, conv2.bias, padding=conv2.padding, dilation=conv2.dilation)
+
+    @staticmethod
+    def _attention_close(y2: torch.Tensor, g2: torch.Tensor, x: torch.Tensor, x_nonnegative: bool) -> torch.Tensor:
+        """The block's output from its second convolution `y2`, the second gate `g2` and the block input `x`."""
+        out = y2.relu_().mul_(g2).add_(x)
+        # A block's output is a ReLU, so for every block after the first both summands are >= 0
+        # and the closing ReLU would change nothing.
+        return out if x_nonnegative else out.relu_()
+
+    def _estimate(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """A stage's estimate: the output convolution of the last block's output, plus the image (a float32 sum
+        under 16-bit autocast, as x is float32)."""
+        return self.conv(out) + x
+
     def _block(self, block: nn.Sequential, x: torch.Tensor, pooled: PooledStats | None, fast: bool,
                x_nonnegative: bool = False) -> torch.Tensor:
         if not fast:
@@ -142,19 +205,12 @@ class RecurrentDerainNet(nn.Module):
             conv1, _, conv2, _ = block
             out = conv2(conv1(x).relu_()).relu_()
             return out.add_(x).relu_()
-        # Inference with a single image: a CRA gate is positive, so relu(y * g) = relu(y) * g and the
-        # first gate folds into the second convolution's input channels; the second gate scales in
-        # place. Two full-size passes fewer per block than the module-by-module computation.
-        conv1, cra1, _, conv2, cra2, _ = block
+        conv1, cra1, _, _, cra2, _ = block
         y1 = conv1(x)
         g1 = cra1.gate(pooled.pool(y1) if pooled is not None else _channel_mean(y1))
-        w2 = conv2.weight * g1.view(1, -1, 1, 1)
-        y2 = F.conv2d(y1.relu_(), w2, conv2.bias, padding=conv2.padding, dilation=conv2.dilation)
+        y2 = self._attention_conv2(block, y1, g1)
         g2 = cra2.gate(pooled.pool(y2) if pooled is not None else _channel_mean(y2))
-        out = y2.relu_().mul_(g2).add_(x)
-        # A block's output is a ReLU, so for every block after the first both summands are >= 0
-        # and the closing ReLU would change nothing.
-        return out if x_nonnegative else out.relu_()
+        return self._attention_close(y2, g2, x, x_nonnegative)
 
     def forward(self, x: torch.Tensor, pooled: PooledStats | None = None, return_stages: bool = False):
         """Derain `x` (N, 3, H, W) in [0, 1]; returns the last estimate (and all stages if asked)."""
@@ -163,47 +219,87 @@ class RecurrentDerainNet(nn.Module):
         # The in-place, weight-folding path is for single-image inference; training and batches
         # take the plain path (same arithmetic, autograd-safe).
         fast = not torch.is_grad_enabled() and x.shape[0] == 1
-        width = self.width
-        conv0 = self.conv0[0]
-        gate_i, gate_f, gate_g, gate_o = (self.conv_i[0], self.conv_f[0], self.conv_g[0], self.conv_o[0])
         estimates = []
-        h = c = None
-        estimate = x
+        state: list = []
+        estimate = None
         for stage in range(self.stages):
-            if stage == 0:
-                # The first stage sees [x, x] and a zero state: fold the two input halves of conv0
-                # together, drop the gate weights that multiply h = 0 and skip the forget gate (c = 0).
-                feat = F.conv2d(x, conv0.weight[:, :3] + conv0.weight[:, 3:], conv0.bias, padding=1).relu()
-                i, g, o = (F.conv2d(feat, gate.weight[:, :width], gate.bias, padding=1) for gate in (gate_i, gate_g, gate_o))
-                c = i.sigmoid_().mul_(g.tanh_()) if fast else torch.sigmoid(i) * torch.tanh(g)
-                del feat, i, g
-            else:
-                feat = conv0(torch.cat((x, estimate), 1))
-                joint = torch.cat((feat.relu_() if fast else feat.relu(), h), 1)
-                # Four 64->32 convolutions rather than one 64->128: oneDNN runs them faster on CPU and
-                # each gate comes out contiguous for the elementwise work.
-                if fast:
-                    # Memory: h lives on only inside `joint`, and each gate is used up as soon as it is
-                    # made, so at most 5 full-size maps are alive here (joint counts 2) instead of 9.
-                    del feat, h
-                    c.mul_(gate_f(joint).sigmoid_())
-                    c.addcmul_(gate_i(joint).sigmoid_(), gate_g(joint).tanh_())
-                    o = gate_o(joint)
-                    del joint
-                else:
-                    i, f, g, o = (gate(joint) for gate in (gate_i, gate_f, gate_g, gate_o))
-                    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-                    del feat, joint, i, f, g
-            h = torch.tanh(c).mul_(o.sigmoid_()) if fast else torch.sigmoid(o) * torch.tanh(c)
-            del o
+            h, c = self._recurrent_state(stage, x, estimate, state, fast)
             out = h
             for index, block in enumerate(self.res_blocks):
                 out = self._block(block, out, pooled, fast, x_nonnegative=index > 0)
-            estimate = self.conv(out) + x
+            state = [h, c]
+            del h, c
+            estimate = self._estimate(out, x)
             del out  # the last block's output is not needed while the next stage runs
             if return_stages:
                 estimates.append(estimate)
         return (estimate, estimates) if return_stages else estimate
+
+    # ------------------------------------------------------- single-pass tiles
+    def tile_sweeps(self) -> SweepProgram:
+        """This network's inference forward as a single-pass program (`rainkit.tiling.run_single_pass`), made of
+        the pieces `forward` runs.
+
+        It reads the buffer "image" and returns "estimate". Per stage: the LSTM sweep (conv0 and the gates, halo
+        2), then for SAPNet two sweeps per residual block, one per CRA layer (halo = the block's dilation: the
+        first closes the block before and runs conv1, the second runs conv2 with the first gate folded in), and
+        the output sweep (halo 1); for PReNet, which has no statistics, one sweep runs all its blocks and the
+        output convolution (halo 2 * sum(dilations) + 1). Peak buffers: SAPNet 6 maps of `width` channels
+        (c, h, the last block's input and conv2 output, the block's input and conv1 output), PReNet 3.
+        """
+        width, blocks = self.width, self.res_blocks
+
+        def lstm(stage: int):
+            def run(t):
+                state = [t[f"h{stage - 1}"], t["c"]] if stage else []
+                h, c = self._recurrent_state(stage, t["image"], t.get("estimate"), state, True)
+                return {f"h{stage}": h, "c": c}
+            reads = ("image", "estimate", f"h{stage - 1}", "c") if stage else ("image",)
+            # c is read pointwise only, so it is updated in place; h is read with the halo, so it is not.
+            return Sweep(reads, {f"h{stage}": width, "c": width}, run, halo=2,
+                         frees=(f"h{stage - 1}",) if stage else ())
+
+        for stage in range(self.stages):
+            yield lstm(stage)
+            h = f"h{stage}"
+            if not self.attention:
+                def body(t, h=h):
+                    out = t[h]
+                    for block in blocks:
+                        out = self._block(block, out, None, True)
+                    return {"estimate": self._estimate(out, t["image"])}
+                halo = 1 + sum(2 * block[0].dilation[0] for block in blocks)
+                yield Sweep((h, "image"), {"estimate": 3}, body, halo=halo, exact=("estimate",))
+                continue
+            residual, g2 = h, None  # the input of the block before, and its second gate
+            for index, block in enumerate(blocks):
+                conv1, cra1, _, _, cra2, _ = block
+                dilation = conv1.dilation[0]
+                if index == 0:
+                    means = yield Sweep((h,), {"y1": width}, lambda t, conv1=conv1, h=h: {"y1": conv1(t[h])},
+                                        halo=dilation, pooled=("y1",))
+                    block_input = h
+                else:
+                    block_input = f"x{index}"
+
+                    def head(t, conv1=conv1, residual=residual, g2=g2, block_input=block_input, nonneg=index > 1):
+                        out = self._attention_close(t["y2"], g2, t[residual], nonneg)
+                        return {block_input: out, "y1": conv1(out)}
+                    means = yield Sweep(("y2", residual), {block_input: width, "y1": width}, head, halo=dilation,
+                                        pooled=("y1",), frees=("y2",) + ((residual,) if residual != h else ()))
+                g1 = cra1.gate(means["y1"])
+                means = yield Sweep(("y1",), {"y2": width},
+                                    lambda t, block=block, g1=g1: {"y2": self._attention_conv2(block, t["y1"], g1)},
+                                    halo=dilation, pooled=("y2",), frees=("y1",))
+                g2 = cra2.gate(means["y2"])
+                residual = block_input
+
+            def output(t, residual=residual, g2=g2, nonneg=len(blocks) > 1):
+                out = self._attention_close(t["y2"], g2, t[residual], nonneg)
+                return {"estimate": self._estimate(out, t["image"])}
+            yield Sweep(("y2", residual, "image"), {"estimate": 3}, output, halo=1, exact=("estimate",),
+                        frees=("y2",) + ((residual,) if residual != h else ()))
+        return "estimate"
 
     # ------------------------------------------------------------ reference path
     def forward_reference(self, x: torch.Tensor, pooled: PooledStats | None = None) -> torch.Tensor:
