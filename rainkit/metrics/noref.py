@@ -51,6 +51,17 @@ def _check_rgb(rgb: np.ndarray, name: str) -> None:
         raise ValueError(f"{name}: expected an H x W x 3 uint8 RGB array, got {rgb.dtype} {rgb.shape}")
 
 
+def _check_scorable(metric: str, rgb: np.ndarray, name: str, side: int, unit: str) -> None:
+    """What NIQE and BRISQUE both need: an 8-bit RGB image of at least `side` x `side` (its `unit`, block or
+    window) that is not uniform; otherwise the metric is not applicable to it, with the reason."""
+    _check_rgb(rgb, name)
+    height, width = rgb.shape[:2]
+    if height < side or width < side:
+        raise MetricNotApplicable(metric, name, f"{width}x{height} is smaller than its {side}x{side} {unit}")
+    if rgb.min() == rgb.max():
+        raise MetricNotApplicable(metric, name, "undefined on a uniform image")
+
+
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0][:120]}" if text else type(exc).__name__
@@ -81,13 +92,7 @@ class Niqe:
         self._cov = torch.tensor(params["cov_pris_param"], dtype=torch.float64)
 
     def __call__(self, rgb: np.ndarray, name: str = "image") -> float:
-        _check_rgb(rgb, name)
-        height, width = rgb.shape[:2]
-        if height < NIQE_BLOCK or width < NIQE_BLOCK:
-            raise MetricNotApplicable(self.name, name, f"{width}x{height} is smaller than its "
-                                                       f"{NIQE_BLOCK}x{NIQE_BLOCK} block")
-        if rgb.min() == rgb.max():
-            raise MetricNotApplicable(self.name, name, "undefined on a uniform image")
+        _check_scorable(self.name, rgb, name, NIQE_BLOCK, "block")
         try:
             with self._torch.inference_mode():
                 # pyiqa's default NIQE: luma of YIQ (MATLAB rgb2gray's weights), rounded to integers.
@@ -136,13 +141,7 @@ class Brisque:
             return torch.cat([first, self._nss(half)], dim=-1)
 
     def __call__(self, rgb: np.ndarray, name: str = "image") -> float:
-        _check_rgb(rgb, name)
-        height, width = rgb.shape[:2]
-        if height < BRISQUE_WINDOW or width < BRISQUE_WINDOW:
-            raise MetricNotApplicable(self.name, name, f"{width}x{height} is smaller than its "
-                                                       f"{BRISQUE_WINDOW}x{BRISQUE_WINDOW} window")
-        if rgb.min() == rgb.max():
-            raise MetricNotApplicable(self.name, name, "undefined on a uniform image")
+        _check_scorable(self.name, rgb, name, BRISQUE_WINDOW, "window")
         with self._torch.inference_mode():
             scaled = self._scale(self.features(rgb).double())  # to [-1, 1] by LIVE's feature ranges
             value = float((self._rbf(scaled, self._sv_t, self._gamma) @ self._sv_coef - self._rho).reshape(-1)[0])
