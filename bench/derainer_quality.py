@@ -37,12 +37,12 @@ def shared_root() -> Path:
 
 def held_out_rain(root: Path):
     from rainkit.data.datasets import Dataset, Pair, _size_counts, list_images
-    from rainkit.data.splits import is_held_out
+    from rainkit.data.splits import split_held_out
 
     folder = root / "data" / "weather" / "rain"
     files = [p for source in sorted(folder.iterdir()) if source.is_dir() for p in list_images(source)]
-    pairs = [Pair(f"{p.parent.name}/{p.stem}", p, None) for p in files
-             if is_held_out(p.relative_to(folder).as_posix())]
+    _, held = split_held_out(files, folder)
+    pairs = [Pair(f"{p.parent.name}/{p.stem}", p, None) for p in held]
     return Dataset("heldout-rain", "held-out real rain (15% of weather/rain by name hash)", folder, folder, None,
                    "images", "none", pairs, _size_counts(pairs))
 
