@@ -142,3 +142,30 @@ def test_lens_drops_blur_the_scene_inside_soft_discs():
     inside = np.abs(out - stripes).max(axis=2) > 0.3
     # Inside a drop the stripes are averaged towards their mean, a little brighter (the drop gathers light).
     assert np.all(np.abs(out[inside] - 0.5) < 0.45)
+
+
+def _rain_statistics(rainy: np.ndarray, clean: np.ndarray) -> np.ndarray:
+    """What rain adds to a clean image: mean brightening, share of pixels brightened by > 0.1 and > 0.3, the 10th
+    percentile of the brightening (the veil's floor) and the contrast ratio."""
+    added = (rainy - clean).mean(2)
+    return np.array([added.mean(), (added > 0.1).mean(), (added > 0.3).mean(), np.percentile(added, 10),
+                     rainy.std() / clean.std()])
+
+
+def test_downpour_rain_matches_the_rain100h_sample():
+    """`downpour` is meant as Rain100H-style rain: over the same clean images, the rain it adds has the sample's
+    statistics (measured 0.208 / 0.679 / 0.282 / 0.026 / 1.185; the preset 0.219 / 0.673 / 0.306 / 0.028 / 1.243)."""
+    from tests.conftest import shared_file
+
+    folder = shared_file("data/rain100h-sample")
+    real, synthetic = [], []
+    for index, rainy_file in enumerate(sorted((folder / "rainy").glob("rain-*.png"))):
+        rainy = cv2.imread(str(rainy_file))[:, :, ::-1].astype(np.float32) / 255
+        clean = cv2.imread(str(folder / "norain" / rainy_file.name.replace("rain-", "norain-")))
+        clean = clean[:, :, ::-1].astype(np.float32) / 255
+        real.append(_rain_statistics(rainy, clean))
+        synthetic.append(_rain_statistics(synthesize(clean, "rain", preset="downpour", seed=index), clean))
+    real, synthetic = np.mean(real, 0), np.mean(synthetic, 0)
+    np.testing.assert_allclose(real, [0.208, 0.679, 0.282, 0.026, 1.185], atol=2e-3)
+    tolerance = np.array([0.02, 0.03, 0.04, 0.01, 0.08])
+    assert np.all(np.abs(synthetic - real) <= tolerance), f"downpour {synthetic.round(3)} vs Rain100H {real.round(3)}"

@@ -54,9 +54,13 @@ PRESETS: dict[str, RainParams] = {
                         layers=3, veil=0.2, directions=2),
     "storm": RainParams(density=0.003, length=48.0, width=2.2, angle=12.0, angle_spread=14.0, brightness=0.5, blur=1.2,
                         layers=4, veil=0.38, directions=3),
-    # Rain100H-style downpour: long, bright, sharp streaks in one main direction over a bright veil.
-    "downpour": RainParams(density=0.004, length=64.0, width=2.0, angle_spread=6.0, brightness=0.85, blur=0.5,
-                           layers=2, veil=0.3, directions=1),
+    # Rain100H-style downpour: dense, long, bright, sharp streaks in one main direction over a thin veil. Matched
+    # to the Rain100H sample's rain (rainy minus clean, mean over 10 images: 0.21 brighter, 68% of the pixels by
+    # more than 0.1 and 28% by more than 0.3, the 10th percentile 0.03, contrast 1.19x the clean image's): this
+    # preset gives 0.22 / 64% / 31% / 0.03 / 1.27x. The earlier veil of 0.3 (a 10th percentile of 0.07, contrast
+    # 1.01x) taught models to subtract a veil Rain100H does not have.
+    "downpour": RainParams(density=0.0042, length=96.0, width=2.2, angle_spread=6.0, brightness=0.85, blur=0.5,
+                           layers=2, veil=0.08, directions=1),
     # What photos of real rain show: faint streaks of every size, and most of the change in the light: a veil
     # that grows with distance (its grey drawn from dull to bright), lost colour, and a few drops on the lens.
     "real": RainParams(density=0.004, length=18.0, width=1.0, angle_spread=10.0, brightness=0.15, blur=1.0,
