@@ -27,8 +27,9 @@ def generate_command(
     device: str = typer.Option("auto", "--device", help="tpsence: auto, cpu, cuda, cuda:N or mps."),
     precision: str = typer.Option("fp32", "--precision", help="tpsence: fp32, fp16 (CUDA) or bf16."),
     tile: Optional[int] = typer.Option(None, "--tile", min=0, help="tpsence: run in tiles of this size in pixels "
-                                       "(one exact pass, seam-free); 0 = whole image; default: whole when it fits "
-                                       "in free memory, else tiles of 256 px."),
+                                       "(one exact pass, seam-free); 0 = whole image; default: on the CPU tiles of "
+                                       "256 px for larger images (faster), else the whole image while it fits in "
+                                       "free memory."),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help="tpsence: cap the process's memory, e.g. 3G "
                                              "or 512M: large images run in tiles to stay under it. Default: the "
                                              "plan follows free memory."),

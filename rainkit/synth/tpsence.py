@@ -18,8 +18,10 @@ Plans (`WeatherGenerator.choose_plan`):
   maps (float32 for fp32: `WeatherGenerator.storage_dtype`). Buffers: 3 ngf channels per pixel at
   the peak (768 bytes for ngf 64 in float32), against about 2000 bytes of a whole-image fp32
   forward; tiles run one per CPU core, each sweep's maps of a tile in the cache. On 2 CPU cores
-  shared with a training job, ngf 64, 9 blocks (bench/tpsence_speed.py): 1.7x the MP/s of the
-  eager whole-image forward at 0.3 MP and 2.0x at 4 MP, 99.998% of the 8-bit pixels identical.
+  shared with a training job (load average 4 to 6), ngf 64, 9 blocks (bench/tpsence_speed.py):
+  1.9x the MP/s of the eager whole-image forward at 0.3 MP and 2.0x at 4 MP (1.2x and 1.5x that
+  forward with the same heap tuning), at least 99.998% of the 8-bit pixels identical to its; peak
+  RSS 5.8 GiB at 4 MP against 7.4.
 
 Working width (`work_width`, opt-in): a generator trained on photos scaled to ~256 px wide paints
 weather at that scale; on a 4000 px photo its streaks and its view of the scene are 16x too small.
@@ -98,9 +100,9 @@ class WeatherGenerator(TiledEngine):
     # ------------------------------------------------------------------ plans
     @property
     def storage_dtype(self) -> torch.dtype:
-        """The single pass's buffers: float32 for fp32 (fp16 buffers left 98.9% of the 8-bit pixels of a 640x480
-        image identical to the whole-image forward's, against 99.997% with float32: bench/tpsence_speed.py), else
-        the precision's own 16-bit type."""
+        """The single pass's buffers: float32 for fp32 (fp16 buffers left 99.08% of the 8-bit pixels of a 0.3 MP
+        image and 99.36% of a 4 MP one identical to the whole-image forward's, against 99.999% and 99.998% with
+        float32: bench/tpsence_speed.py), else the precision's own 16-bit type."""
         return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
 
     def single_pass_plan(self) -> SinglePassPlan:
