@@ -37,7 +37,7 @@ def worker(args) -> None:
     import torch
 
     from rainkit.derain import load_derainer
-    from rainkit.derain.engine import tune_cpu_allocator
+    from rainkit.engine import tune_cpu_allocator
 
     paths = sorted((SHARED / "data/rain100l/rainy").glob("*.png"))[: args.images]
     images = [cv2.imread(str(p))[:, :, ::-1].astype(np.float32) / 255.0 for p in paths]

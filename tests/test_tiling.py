@@ -1,16 +1,19 @@
-"""Tiled inference: planning, seams, the statistics recorders, automatic tile size, bf16; the engine base."""
+"""Tiled inference: planning, seams, the statistics recorders, the single pass (strided buffers, borders, moments),
+automatic tile size, bf16; the engine base."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from rainkit.derain.engine import Derainer
 from rainkit.errors import RainkitError
 from rainkit.hub import create_model
 from rainkit.models.recurrent import PooledStats
-from rainkit.tiling import TileBox, plan_single_pass, plan_tiles, run_single_pass, run_tiled
+from rainkit.models.tpsence import ResnetGenerator, init_weights
+from rainkit.tiling import Sweep, TileBox, plan_single_pass, plan_tiles, run_single_pass, run_tiled, tile_cores
 from tests.conftest import rainy_like
 import tests.tolerances as TOL
 
@@ -42,12 +45,13 @@ def test_cores_partition_the_image():
     assert (cover == 1).all()
 
 
-def test_aligned_tiles_start_and_end_on_the_stride():
-    boxes = plan_tiles(100, 132, 40, halo=12, blend=4, align=4)
-    assert len(boxes) == 12
-    assert all(edge % 4 == 0 for box in boxes for edge in (*box.core, *box.out, *box.inp))
-    with pytest.raises(ValueError, match="multiples of 4"):
-        plan_tiles(100, 130, 40, halo=12, blend=4, align=4)
+def test_single_pass_tiles_partition_the_image_on_the_stride():
+    cores = tile_cores(72, 92, 20, align=4)
+    cover = np.zeros((72, 92), int)
+    for y0, y1, x0, x1 in cores:
+        cover[y0:y1, x0:x1] += 1
+    assert (cover == 1).all() and len(cores) == 4 * 5
+    assert all(edge % 4 == 0 for core in cores for edge in core)
 
 
 @pytest.mark.parametrize("tiling", ["single-pass", "two-pass"])
@@ -90,6 +94,116 @@ def test_single_pass_equals_the_whole_image_forward(arch, settings):
     assert not torch.equal(half, one)  # the fp16 buffers really were fp16
 
 
+class _Strided:
+    """A tiny network over strides 1, 2, 4, 2, 1 that pads in all three ways (reflection, zeros, replication) and
+    normalises with whole-map statistics, run whole (`forward`) and as a single-pass program (`sweeps`) from the
+    same pieces."""
+
+    def __init__(self):
+        torch.manual_seed(0)
+        self.w = [torch.randn(4, 3, 3, 3) * 0.4, torch.randn(6, 4, 3, 3) * 0.3, torch.randn(4, 6, 3, 3) * 0.3,
+                  torch.randn(3, 4, 3, 3) * 0.3]
+        self.blur = (torch.tensor([1.0, 2.0, 1.0])[:, None] * torch.tensor([1.0, 2.0, 1.0]) / 16).repeat(4, 1, 1, 1)
+
+    def down(self, x):  # stride 1 -> 2: reflect-padded 3x3, then a reflect-padded stride-2 blur (reach 1 + 1 px)
+        x = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), self.w[0])
+        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), self.blur, stride=2, groups=4)
+
+    def down2(self, x):  # 2 -> 4: a zero-padded stride-2 3x3 (reach 1 px at stride 2)
+        return F.conv2d(x.relu(), self.w[1], stride=2, padding=1)
+
+    def up(self, x):  # 4 -> 2: nearest up-sampling, then a replicate-padded 3x3 (reach 1 px at stride 2)
+        x = F.interpolate(x.relu(), scale_factor=2, mode="nearest")
+        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), self.w[2])
+
+    def up2(self, x, image):  # 2 -> 1, plus the image read again
+        x = F.interpolate(x.relu(), scale_factor=2, mode="nearest")
+        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), self.w[3]) + image
+
+    @staticmethod
+    def norm(x, statistics):
+        mean, var = statistics
+        return (x - mean[:, :, None, None]) * torch.rsqrt(var[:, :, None, None] + 1e-5)
+
+    def forward(self, image):
+        x = F.instance_norm(self.down(image))
+        x = F.instance_norm(self.down2(x))
+        return self.up2(F.instance_norm(self.up(x)), image)
+
+    def sweeps(self):
+        stats = yield Sweep(("image",), {"a": 4}, lambda t: {"a": self.down(t["image"])}, halo=2, moments=("a",),
+                            strides={"a": 2})
+        a = stats["a"]
+        # halo 2 is rounded up to 4, the stride of b
+        stats = yield Sweep(("a",), {"b": 6}, lambda t: {"b": self.down2(self.norm(t["a"], a))}, halo=2,
+                            moments=("b",), strides={"b": 4}, frees=("a",))
+        b = stats["b"]
+        stats = yield Sweep(("b",), {"c": 4}, lambda t: {"c": self.up(self.norm(t["b"], b))}, halo=2, moments=("c",),
+                            strides={"c": 2}, frees=("b",))
+        c = stats["c"]
+        yield Sweep(("c", "image"), {"out": 3}, lambda t: {"out": self.up2(self.norm(t["c"], c), t["image"])}, halo=1,
+                    exact=("out",), frees=("c",))
+        return "out"
+
+
+def test_single_pass_runs_strided_buffers_and_pads_at_the_border_as_the_whole_forward():
+    """Buffers at 1/2 and 1/4 resolution, reflection, zero and replication padding at the image border, instance
+    norms from the pooled moments: the whole forward up to float32 rounding, on a 70x90 image padded to multiples of
+    4 in 20 px tiles that do not divide it."""
+    net = _Strided()
+    x = F.pad(_image_tensor(70, 90), (0, 2, 0, 2), mode="reflect")
+    whole = net.forward(x)
+    steps = []
+    one = run_single_pass(net.sweeps, {"image": x}, tile=20, workers=1, on_tile=lambda done, total: steps.append(total))
+    two = run_single_pass(net.sweeps, {"image": x}, tile=20, workers=2)
+    assert (one - whole).abs().max() < TOL.SINGLE_PASS_FP32
+    assert torch.equal(one, two)
+    assert steps == [4 * 4 * 5] * 4 * 4 * 5  # 4 sweeps of 4 x 5 tiles
+    plan = plan_single_pass(net.sweeps, torch.float16)
+    assert plan.stride == 4 and plan.halo == 4
+    # a: 4 channels at 1/2 (1 per pixel), b: 6 at 1/4 (3/8); c: 4 at 1/2; out: 3 float32
+    assert plan.bytes_per_pixel == max((4 / 4 + 6 / 16) * 2, (6 / 16 + 4 / 4) * 2, 4 / 4 * 2 + 3 * 4)
+    with pytest.raises(ValueError, match="multiples of 4, got 90x70"):
+        run_single_pass(net.sweeps, {"image": x[:, :, :70, :90]}, tile=20)
+
+
+def test_single_pass_moments_keep_their_precision_far_from_zero():
+    """A map at 1000 + 0.01 noise: float32 sums of x^2 alone would lose the variance entirely."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 40, 52)
+    seen = {}
+
+    def program():
+        stats = yield Sweep(("image",), {"m": 2}, lambda t: {"m": t["image"] * 0.01 + 1000}, halo=0, moments=("m",))
+        seen["mean"], seen["var"] = stats["m"]
+        yield Sweep(("m",), {"out": 2}, lambda t: {"out": t["m"]}, halo=0, exact=("out",))
+        return "out"
+
+    values = run_single_pass(program, {"image": x}, tile=16).double()
+    torch.testing.assert_close(seen["mean"].double(), values.mean((2, 3)), rtol=0, atol=1e-4)
+    torch.testing.assert_close(seen["var"].double(), values.var((2, 3), unbiased=False), rtol=1e-3, atol=0)
+
+
+@pytest.mark.parametrize("settings", [{"n_blocks": 1}, {"n_blocks": 2},
+                                      {"n_blocks": 2, "antialias": False, "antialias_up": False}])
+def test_generator_single_pass_equals_the_whole_image_forward(settings):
+    """TPSeNCE's generator (ngf 4, random weights of gain 1: sensitive to its statistics) on a 70x90 image padded to
+    72x92, in tiles of 20 and 36 px that do not divide it: the forward up to float32 rounding with float32 buffers,
+    bit for bit on one or two threads; with fp16 buffers the rounding of the stored maps (tests/tolerances.py)."""
+    torch.manual_seed(0)
+    model = init_weights(ResnetGenerator(ngf=4, **settings), 1.0).eval()
+    x = F.pad(_image_tensor(70, 90) * 2 - 1, (0, 2, 0, 2), mode="reflect")
+    with torch.inference_mode():
+        whole = model(x)
+        for tile in (20, 36):
+            one = run_single_pass(model.tile_sweeps, {"image": x}, tile=tile, workers=1)
+            two = run_single_pass(model.tile_sweeps, {"image": x}, tile=tile, workers=2)
+            half = run_single_pass(model.tile_sweeps, {"image": x}, tile=tile, storage=torch.float16)
+            assert (one - whole).abs().max() < TOL.SINGLE_PASS_FP32
+            assert torch.equal(one, two)
+            assert (half - whole).abs().max() < TOL.GENERATOR_FP16_STORAGE
+
+
 def test_single_pass_plan_counts_sweeps_halos_and_buffers():
     sapnet = plan_single_pass(_model("sapnet", dilations=(1, 2, 4)).tile_sweeps, torch.float16)  # 2 stages, width 8
     assert sapnet.sweeps == 2 * (1 + 2 * 3 + 1) and sapnet.halo == 4  # LSTM, 2 per block, output; the largest dilation
@@ -98,6 +212,12 @@ def test_single_pass_plan_counts_sweeps_halos_and_buffers():
     prenet = plan_single_pass(_model("prenet").tile_sweeps, torch.float32)  # 2 stages, 2 blocks of dilation 1
     assert prenet.sweeps == 2 * 2 and prenet.halo == 1 + 2 * 2  # LSTM, then the blocks and the output convolution
     assert prenet.bytes_per_pixel == 3 * 8 * 4 + 3 * 4  # c and the old and new h; the estimate
+    generator = plan_single_pass(ResnetGenerator(ngf=4, n_blocks=2).tile_sweeps, torch.float32)
+    # one sweep per instance norm (3 + 2 per block + 2) and the output sweep; the trunk at 1/4 resolution
+    assert generator.sweeps == 3 + 2 * 2 + 2 + 1 and generator.stride == 4
+    # the largest halo: the second down-sampling's blur (1 px at 1/2) and the first block's 3x3 (1 px at 1/4),
+    # 6 px rounded up to 8; at the peak the first two norms' inputs at full resolution, 4 + 8 channels
+    assert generator.halo == 8 and generator.bytes_per_pixel == (4 + 8) * 4
 
 
 def test_automatic_plan_is_whole_then_single_pass_then_two_passes():
@@ -132,33 +252,16 @@ def test_global_pooling_is_what_makes_small_tiles_exact():
     assert steps == [(i, 2 * 20) for i in range(1, 41)]  # 4 x 5 tiles: a record sweep, then the render sweep
 
 
-def test_tile_stats_record_over_the_core_at_every_resolution():
-    from rainkit.synth.tpsence import NormStats
-
+def test_tile_stats_record_over_the_core():
     torch.manual_seed(0)
     x = torch.rand(1, 3, 16, 24)
-    half = torch.rand(1, 3, 8, 12)
     box = TileBox(core=(8, 16, 4, 12), out=(8, 16, 4, 12), inp=(4, 20, 0, 24))  # core rows 4:12, cols 4:12 of the input
-    stats = NormStats()
+    stats = PooledStats()
     stats.begin_tile(box)
     stats.record(0, x)
-    stats.record(1, half)  # at 1/2 resolution the core is rows 2:6, cols 2:6
     stats.fix()
-    core, core_half = x[:, :, 4:12, 4:12], half[:, :, 2:6, 2:6]
-    torch.testing.assert_close(stats.mean[0], core.mean((2, 3)))
-    torch.testing.assert_close(stats.var[0], core.var((2, 3), unbiased=False))
-    torch.testing.assert_close(stats.mean[1], core_half.mean((2, 3)))
-    assert stats.is_fixed(1) and not stats.is_fixed(2)
-
-
-def test_norm_stats_of_the_whole_image_reproduce_instance_norm():
-    from rainkit.synth.tpsence import NormStats
-
-    x = torch.randn(1, 5, 12, 10) * 3 + 1
-    stats = NormStats()
-    stats.record(0, x)  # no tile: the whole tensor
-    stats.fix()
-    torch.testing.assert_close(stats.normalize(x, 0, 1e-5), torch.nn.functional.instance_norm(x, eps=1e-5))
+    torch.testing.assert_close(stats.mean[0], x[:, :, 4:12, 4:12].mean((2, 3)))
+    assert stats.is_fixed(0) and not stats.is_fixed(1)
 
 
 def test_pooled_stats_pool_to_the_fixed_means_in_call_order():

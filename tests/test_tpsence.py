@@ -12,6 +12,7 @@ import torch
 
 from rainkit.losses.tpsence import mean_pixel_agreement, sence_loss, sence_weights, sinkhorn, tps_loss
 from rainkit.models.tpsence import ResnetGenerator, init_weights, l2_normalize
+from rainkit.tiling import plan_single_pass
 from rainkit.train.tpsence_config import TINY_OVERRIDES, load_tpsence_config
 from rainkit.train.tpsence_objective import TPSeNCE
 from tests.conftest import rainy_like, run_two_ranks, state_digest
@@ -39,7 +40,9 @@ def test_networks_match_cut():
     generator = create_model("tpsence")
     assert sum(p.numel() for p in generator.parameters()) == 11_378_179  # CUT's resnet_9blocks, ngf 64
     assert generator.layer_channels([0, 4, 8, 12, 16]) == [3, 128, 256, 256, 256]
-    assert generator.receptive_radius() == 93
+    program = plan_single_pass(generator.tile_sweeps, torch.float32)
+    # 23 instance norms and the output; at the peak the first two norms' inputs, 64 + 128 float32 channels per pixel
+    assert program.sweeps == 24 and program.halo == 8 and program.bytes_per_pixel == 3 * 64 * 4
     assert 2.76e6 < sum(p.numel() for p in PatchDiscriminator().parameters()) < 2.77e6  # 70x70 PatchGAN
     tiny = create_model("tpsence", "tiny")
     x = torch.rand(1, 3, 36, 44) * 2 - 1
@@ -373,33 +376,60 @@ def _random_generator(gain=1.0):
 
 
 def test_tiled_generation_equals_the_whole_image_pass():
-    """Tolerance: 1e-4 absolute on [0, 1] outputs (measured ~1e-7 to 1e-5: summation order only)."""
+    """`tile` forces the single pass: the whole image's output up to float32 rounding (float32 buffers)."""
     from rainkit.synth.tpsence import WeatherGenerator
 
     model = _random_generator()
     image = rainy_like(75, 98, seed=4)  # not a multiple of 4: padded, then cropped back
     whole = WeatherGenerator(model, torch.device("cpu"), tile=0).generate(image)
     tiler = WeatherGenerator(model, torch.device("cpu"), tile=32)
-    tiled = tiler.generate(image)
-    assert tiler.last_tile == 32 and tiler.effective_halo == 40  # receptive radius 37, rounded up to 4
+    steps = []
+    tiled = tiler.generate(image, on_tile=lambda done, total: steps.append((done, total)))
+    assert tiler.last_plan == "single-pass" and tiler.last_tile == 32
+    assert tiler.describe()["plan"] == "single-pass" and tiler.describe()["tile"] == 32
     assert whole.shape == tiled.shape == (75, 98, 3)
-    assert np.abs(tiled - whole).max() < 1e-4
-    budget = WeatherGenerator(model, torch.device("cpu"), memory_budget=300_000)  # automatic tile from a small budget
-    assert np.abs(budget.generate(image) - whole).max() < 1e-4 and budget.last_tile > 0
+    assert np.abs(tiled - whole).max() < TOL.SINGLE_PASS_FP32
+    sweeps = 3 + 2 * 2 + 2 + 1  # one per instance norm, then the output
+    assert steps == [(i, sweeps * 12) for i in range(1, sweeps * 12 + 1)]  # 76 x 100 padded: 3 x 4 tiles
+
+
+def test_automatic_plan_is_the_single_pass_on_the_cpu_while_it_fits(monkeypatch):
+    """The generator of ngf 8 on 1200 x 1600: whole 314 B/px = 603 MB; the single pass's float32 buffers 96 B/px =
+    184 MB, and 23 MB per thread (2 here)."""
+    from rainkit.errors import RainkitError
+    from rainkit.synth.tpsence import WeatherGenerator
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+
+    def plan(budget, device="cpu", **options):
+        generator = WeatherGenerator(_random_generator(), device, memory_budget=budget, **options)
+        return generator.choose_plan(1200, 1600)
+
+    assert plan(10**12) == ("single-pass", 256)  # measured faster than the whole image on the CPU
+    assert plan(400 << 20) == ("single-pass", 256)
+    assert plan(10**12, tile=0) == ("whole", 0)
+    assert plan(100 << 20, tile=300) == ("single-pass", 300)  # a forced tile is not checked against the budget
+    assert plan(10**12, tile=2000) == ("whole", 0)
+    small = WeatherGenerator(_random_generator(), "cpu", memory_budget=10**12)
+    assert small.choose_plan(200, 248) == ("whole", 0)  # one tile would cover it
+    with pytest.raises(RainkitError, match="a 1600x1200 image needs 0.21 GiB to generate in tiles, more than the "
+                                           "0.10 GiB budget"):
+        plan(100 << 20)
 
 
 def test_tile_local_statistics_would_show_seams():
     """The check above is sensitive: normalising each tile with its own statistics is far off."""
-    from rainkit.tiling import plan_tiles
     from rainkit.synth.tpsence import ALIGN, pad_to_multiple
+    from rainkit.tiling import tile_cores
 
     model = _random_generator()
     x = pad_to_multiple(torch.from_numpy(rainy_like(75, 98, seed=4).transpose(2, 0, 1).copy())[None] * 2 - 1)
+    height, width = x.shape[2:]
     with torch.no_grad():
         whole = model(x)
         naive = torch.zeros_like(whole)
-        for box in plan_tiles(x.shape[2], x.shape[3], 32, 40, 0, align=ALIGN):
-            (iy0, iy1, ix0, ix1), (y0, y1, x0, x1) = box.inp, box.core
+        for y0, y1, x0, x1 in tile_cores(height, width, 32, ALIGN):
+            iy0, iy1, ix0, ix1 = max(0, y0 - 40), min(height, y1 + 40), max(0, x0 - 40), min(width, x1 + 40)
             naive[:, :, y0:y1, x0:x1] = model(x[:, :, iy0:iy1, ix0:ix1])[:, :, y0 - iy0:y1 - iy0, x0 - ix0:x1 - ix0]
     assert float((naive - whole).abs().max()) > 0.1
 

@@ -208,6 +208,21 @@ def test_generate_tpsence_native_resolution_reproducible_and_recorded(tiny_gener
     assert main(["generate", str(src), str(tmp_path / "one"), "--seed", "3"]) == 1
 
 
+def test_generate_names_the_tile_plan_and_honours_max_memory(tiny_generator_file, tmp_path, capsys):
+    from rainkit.synth.batch import GenerateSettings, generate_paths
+
+    src = _photo(tmp_path, h=37, w=53)
+    settings = GenerateSettings(method="tpsence", weights=str(tiny_generator_file), device="cpu", tile=16)
+    plans = []
+    result = generate_paths([str(src)], tmp_path / "tiled", settings, on_tile=lambda done, total, plan: plans.append(plan))
+    assert result.ok and result.items[0].tile == 16 and set(plans) == {"tiles of 16 px, single pass"}
+    code = main(["generate", str(src), str(tmp_path / "capped"), "--method", "tpsence", "--weights",
+                 str(tiny_generator_file), "--device", "cpu", "--max-memory", "1M"])
+    assert code == 1
+    err = capsys.readouterr().err.replace("\n", "")
+    assert "memory cap of 0.00 GiB is too little for a 56x40 image" in err and "Traceback" not in err
+
+
 def test_work_width_adds_weather_made_at_that_width_to_the_full_resolution_photo(tiny_generator_file, tmp_path):
     from rainkit.synth.tpsence import load_generator
 

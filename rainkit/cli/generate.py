@@ -26,8 +26,13 @@ def generate_command(
                                           "generator file (e.g. a run's generator.safetensors)."),
     device: str = typer.Option("auto", "--device", help="tpsence: auto, cpu, cuda, cuda:N or mps."),
     precision: str = typer.Option("fp32", "--precision", help="tpsence: fp32, fp16 (CUDA) or bf16."),
-    tile: Optional[int] = typer.Option(None, "--tile", min=0, help="tpsence: tile size in pixels (seam-free); "
-                                       "0 = whole image; default: automatic from free memory."),
+    tile: Optional[int] = typer.Option(None, "--tile", min=0, help="tpsence: run in tiles of this size in pixels "
+                                       "(one exact pass, seam-free); 0 = whole image; default: on the CPU tiles of "
+                                       "256 px for larger images (faster), else the whole image while it fits in "
+                                       "free memory."),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help="tpsence: cap the process's memory, e.g. 3G "
+                                             "or 512M: large images run in tiles to stay under it. Default: the "
+                                             "plan follows free memory."),
     work_width: int = typer.Option(0, "--work-width", min=0, help="tpsence: make the weather with the image scaled to "
                                    "this width and add it back at full resolution (e.g. the width the generator was "
                                    "trained at); 0 = run on the image as is."),
@@ -60,7 +65,7 @@ def generate_command(
         method = "physics" if (preset is not None or intensity is not None) and not weights else "auto"
     settings = GenerateSettings(method=method, domain=domain, preset=preset or "light", intensity=intensity, seed=seed,
                                 weights=weights, device=device, precision=precision, tile=tile,
-                                work_width=work_width, fall_speed=fall_speed)
+                                max_memory=max_memory, work_width=work_width, fall_speed=fall_speed)
     settings.validate()
     choice = choose_method(method, domain, weights)
     if method == "auto" or choice.method != "physics":

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import os
-import sys
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from rainkit.engine import TiledEngine
+from rainkit.engine import TiledEngine, tune_cpu_allocator
 from rainkit.errors import ParameterError, RainkitError
 from rainkit.models.recurrent import PooledStats, RecurrentDerainNet
 from rainkit.tiling import SinglePassPlan, memory_budgets, plan_single_pass, run_single_pass, run_tiled
@@ -45,30 +41,6 @@ SINGLE_PASS_TILE_OTHER = 1024
 # pass 1.15x that; 2 MP whole 1.08x, single pass 1.10x (and 1.85 GiB peak against 3.94).
 WHOLE_UP_TO_PIXELS = 2_000_000
 
-_allocator_tuned = False
-
-
-def tune_cpu_allocator() -> None:
-    """Keep large buffers in glibc's heap instead of fresh mmaps.
-
-    Every intermediate feature map of a megapixel image is tens of MB, which glibc serves with
-    mmap and unmaps on free, so each one is page-faulted in again: about a quarter of CPU
-    inference time. Disabling mmap for the heap and raising the trim threshold makes freed
-    buffers reusable. glibc only; set RAINKIT_NO_MALLOC_TUNING=1 to leave the allocator alone.
-    """
-    global _allocator_tuned
-    if _allocator_tuned or os.environ.get("RAINKIT_NO_MALLOC_TUNING") or not sys.platform.startswith("linux"):
-        return
-    _allocator_tuned = True
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_trim_threshold, m_mmap_max = -1, -4
-        libc.mallopt(m_trim_threshold, 1 << 30)
-        libc.mallopt(m_mmap_max, 0)
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
-        pass
-
-
 class Derainer(TiledEngine):
     """A ready-to-run deraining model (SAPNet, PReNet). Build it with `load_derainer`.
 
@@ -82,7 +54,9 @@ class Derainer(TiledEngine):
 
     def __init__(self, model: RecurrentDerainNet, device: torch.device | str, *, halo: int = DEFAULT_HALO,
                  blend: int = DEFAULT_BLEND, tiling: str = "auto", **engine: Any) -> None:
-        super().__init__(model, device, halo=halo, blend=blend, **engine)
+        super().__init__(model, device, **engine)
+        self.halo = halo
+        self.blend = blend
         if tiling not in TILINGS:
             raise ParameterError("tiling", f"'{tiling}' is not one of {', '.join(TILINGS)}")
         self.tiling = tiling

@@ -21,8 +21,9 @@ the outputs of the 1st and 5th residual blocks), and the parameter names (`model
 `model.12.conv_block.1.weight`) match CUT/TPSeNCE checkpoints of `netG`.
 
 The instance-norm layers are plain `nn.InstanceNorm2d` (no affine parameters, no running
-statistics); to tile large images, the generation engine runs the generator op by op and
-normalises every tile with the whole image's statistics (see `rainkit.synth.tpsence`).
+statistics). To tile large images, `ResnetGenerator.tile_sweeps` gives the generator as a
+single-pass program (`rainkit.tiling.run_single_pass`): the same modules, cut at every instance
+norm, each normalising with the whole image's statistics (see `rainkit.synth.tpsence`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rainkit.registry import register_arch
+from rainkit.tiling import Sweep, SweepProgram
 
 
 def binomial_filter(size: int) -> torch.Tensor:
@@ -147,20 +149,108 @@ class ResnetGenerator(nn.Module):
             channels.append(per_layer[int(i)])
         return channels
 
-    def receptive_radius(self) -> int:
-        """How far (input pixels) an output pixel can see: the halo that makes a tile exact."""
-        radius, stride = 0, 1
-        for layer in self.model.modules():
-            if isinstance(layer, nn.Conv2d):
-                radius += (layer.kernel_size[0] // 2) * layer.dilation[0] * stride
-                stride *= layer.stride[0]
-            elif isinstance(layer, BlurDownsample):
-                radius += 1 * stride
-                stride *= 2
-            elif isinstance(layer, (BlurUpsample, nn.ConvTranspose2d)):
-                stride //= 2
-                radius += 2 * max(stride, 1)
-        return radius
+    # ------------------------------------------------------- single-pass tiles
+    def _steps(self) -> list[tuple[str, nn.Module | None]]:
+        """`self.model` flattened in the order `forward` runs it: ("layer", module), ("norm", instance norm), and
+        ("push", None) / ("add", None) around each residual block's layers (the block adds its input back at its
+        end: `ResnetBlock.forward`)."""
+        def step(module: nn.Module) -> tuple[str, nn.Module]:
+            return ("norm" if isinstance(module, nn.InstanceNorm2d) else "layer", module)
+
+        steps: list[tuple[str, nn.Module | None]] = []
+        for module in self.model:
+            if isinstance(module, ResnetBlock):
+                steps += [("push", None), *(step(layer) for layer in module.conv_block), ("add", None)]
+            else:
+                steps.append(step(module))
+        return steps
+
+    def tile_sweeps(self) -> SweepProgram:
+        """This generator's forward as a single-pass program (`rainkit.tiling.run_single_pass`), made of the modules
+        `forward` runs.
+
+        It reads the buffer "image" (sides multiples of 4) and returns "output". The layers are cut at every
+        instance norm: sweep k runs up to the k-th norm and writes its input ("n<k>", at the stride it is computed
+        at: the trunk at 1/4 resolution), whose whole-image mean and variance come back as `moments`; the next
+        sweep normalises it with them as it reads it (pointwise, before any padding), then runs its own layers.
+        A residual block's input is written as a buffer of its own ("skip<j>") and read back where the block adds
+        it. Each sweep's halo is its layers' receptive growth (`_layer_reach`). The 9-block generator: 24 sweeps,
+        halos of 2 to 8 px; the peak buffers are 3 ngf channels per pixel (the first two norms' inputs at full
+        resolution, or the second's and the third's at 1/2).
+        """
+        steps = self._steps()
+        cuts = [index for index, (kind, _) in enumerate(steps) if kind == "norm"] + [len(steps)]
+        source, stride, channels = "image", 1, self.config["input_nc"]
+        opening: tuple[nn.InstanceNorm2d, torch.Tensor, torch.Tensor] | None = None  # the norm a sweep starts with
+        open_skips: list[tuple[str, int, int]] = []  # residual inputs in buffers, innermost last: name, channels, stride
+        skips_made = start = 0
+        for number, cut in enumerate(cuts):
+            ops: list[tuple[str, nn.Module | str | None]] = []
+            stack = [(name, False) for name, _, _ in open_skips]  # (name, pushed in this sweep)
+            shapes = {name: (c, s) for name, c, s in open_skips}
+            reads, frees, halo = [source], [source], 0
+            for kind, module in steps[start:cut]:
+                if kind == "push":
+                    name = f"skip{skips_made}"
+                    skips_made += 1
+                    stack.append((name, True))
+                    shapes[name] = (channels, stride)
+                    ops.append(("push", name))
+                elif kind == "add":
+                    name, local = stack.pop()
+                    if not local:
+                        reads.append(name)
+                        frees.append(name)
+                    ops.append(("add", name))
+                else:
+                    reach, stride = _layer_reach(module, stride)
+                    halo += reach
+                    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+                        channels = module.out_channels
+                    ops.append(("layer", module))
+            kept = [name for name, local in stack if local]  # pushed here, added in a later sweep: buffers
+            open_skips = [(name, *shapes[name]) for name, _ in stack]
+            last = cut == len(steps)
+            target = "output" if last else f"n{number}"
+            writes = {target: channels, **{name: shapes[name][0] for name in kept}}
+            strides = {target: stride, **{name: shapes[name][1] for name in kept}}
+
+            def run(t, source=source, opening=opening, ops=ops, target=target, kept=kept):
+                x = t[source]
+                if opening is not None:
+                    norm, mean, var = opening
+                    x = F.batch_norm(x, mean[0], var[0], norm.weight, norm.bias, False, 0.0, norm.eps)
+                local = {}
+                for kind, op in ops:
+                    if kind == "push":
+                        local[op] = x
+                    elif kind == "add":
+                        x = (local.pop(op) if op in local else t[op]) + x
+                    else:
+                        x = op(x)
+                return {target: x, **{name: local[name] for name in kept}}
+
+            sweep = Sweep(tuple(reads), writes, run, halo=halo, moments=() if last else (target,), strides=strides,
+                          exact=(target,) if last else (), frees=tuple(frees))
+            if last:
+                yield sweep
+                return target
+            statistics = yield sweep
+            opening = (steps[cut][1], *statistics[target])
+            source, start = target, cut + 1
+
+
+def _layer_reach(layer: nn.Module, stride: int) -> tuple[int, int]:
+    """How far (image pixels) a layer of the generator makes an output pixel see beyond the input pixel it lies in,
+    given the stride of the layer's input; and the stride of its output."""
+    if isinstance(layer, nn.Conv2d):
+        return (layer.kernel_size[0] // 2) * layer.dilation[0] * stride, stride * layer.stride[0]
+    if isinstance(layer, BlurDownsample):
+        return max(layer.pad) * stride, stride * 2
+    if isinstance(layer, (BlurUpsample, nn.ConvTranspose2d)):
+        # Both up-samplings (CUT's 4x4 binomial, and the 3x3 transposed convolution) read one input pixel either side.
+        return stride, stride // 2
+    return 0, stride
 
 
 class PatchDiscriminator(nn.Module):

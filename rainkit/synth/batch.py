@@ -42,7 +42,8 @@ class GenerateSettings:
     weights: str | None = None  # tpsence: registered name or file; None = the domain's registered weights
     device: str = "auto"  # tpsence
     precision: str = "fp32"  # tpsence
-    tile: int | None = None  # tpsence: None = automatic, 0 = whole image
+    tile: int | None = None  # tpsence: None = automatic, 0 = whole image, N = the single pass in N px tiles
+    max_memory: int | str | None = None  # tpsence: cap the process's memory ("3G"); large images run in tiles under it
     work_width: int = 0  # tpsence: 0 = native resolution; W = make the weather at W px wide (rainkit.synth.tpsence)
     fall_speed: float = DEFAULT_RAIN_FALL  # physics video: pixels a frame of the nearest rain at the 480 px reference
 
@@ -135,7 +136,7 @@ def generate_paths(
     video: VideoOptions = VideoOptions(),
     on_start: Callable[[int], None] | None = None,
     on_progress: Callable[[ItemResult, int, int], None] | None = None,
-    on_tile: Callable[[int, int], None] | None = None,
+    on_tile: Callable[[int, int, str], None] | None = None,
     on_frame: Callable[[int, int], None] | None = None,
 ) -> BatchResult:
     """Write weather versions of `inputs` (images and videos) into `output` (`shard`: only this shard's share,
@@ -148,7 +149,8 @@ def generate_paths(
     depend on batch order or on which images were already done; in a video, rain and snow move from
     frame to frame (`rainkit.synth.motion`, `settings.fall_speed`). tpsence: the generator is
     deterministic, frame by frame; the seed is recorded all the same. `output/rainkit-generate.json` records the
-    method and, for the learned one, the model, weights and their sha256.
+    method and, for the learned one, the model, weights and their sha256. `on_tile(done, total, plan)` reports the
+    tiles of an image the generator runs in tiles, `plan` naming how ("tiles of 256 px, single pass").
     """
     settings.validate()
     choice = choose_method(settings.method, settings.domain, settings.weights)
@@ -169,7 +171,7 @@ def generate_paths(
         from rainkit.synth.tpsence import load_generator
 
         generator = load_generator(settings.weights, settings.device, settings.precision, tile=settings.tile,
-                                   work_width=settings.work_width)
+                                   max_memory=settings.max_memory, work_width=settings.work_width)
         described = generator.describe()
         record = {"rainkit_version": __version__, "method": "tpsence", "domain": settings.domain,
                   "seed": settings.seed, "pairs": pairs, "model": described["model"],
@@ -182,8 +184,14 @@ def generate_paths(
         _check_record(record_path, record)
     atomic_write_json(record_path, record)
     if generator is not None:
+        def tile_progress(done: int, total: int) -> None:
+            plan = f"tiles of {generator.last_tile} px, single pass"
+            if generator.max_memory:
+                plan += f" (under {generator.max_memory / 2**30:.1f} GiB)"
+            on_tile(done, total, plan)
+
         def render(rgb: np.ndarray, name: str) -> np.ndarray:
-            return generator.generate(rgb, on_tile=on_tile)
+            return generator.generate(rgb, on_tile=tile_progress if on_tile else None)
     else:
         def render(rgb: np.ndarray, name: str) -> np.ndarray:
             return synthesize(rgb, settings.domain, preset=settings.preset, intensity=settings.intensity,
@@ -230,7 +238,8 @@ def generate_paths(
             image.rgb = clean
             atomic_write_bytes(clean_out, encode_image(image, ".png"))
         atomic_write_bytes(job.output, data)
-        return ItemResult(job.label, str(job.output), "done", width=width, height=height)
+        return ItemResult(job.label, str(job.output), "done", width=width, height=height,
+                          tile=generator.last_tile if generator is not None else None)
 
     result = run_batch(jobs, generate_one, outputs_of=outputs_of, overwrite=overwrite, decode=check_output,
                        settings=record,

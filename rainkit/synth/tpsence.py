@@ -3,36 +3,25 @@
 The image is never resized: it is reflect-padded on the bottom and right to a multiple of 4 (the
 generator down-samples twice) and the output is cropped back.
 
-Large images run in tiles without seams or colour shifts. Instance norm makes every output pixel
-depend on per-channel statistics of whole feature maps, so a tile normalised with its own
-statistics drifts in colour and contrast from its neighbours. The tiler gives every tile the
-whole image's statistics, with the two phases of `rainkit.tiling.run_tiled` (`LayerwiseTiles`):
+Plans (`WeatherGenerator.choose_plan`):
 
-1. record: each instance-norm layer's whole-image per-channel mean and (biased) variance are
-   accumulated as float64 sums and sums of squares over the tiles' *cores* (the cores partition
-   the image, so each pixel counts once; at 1/2 and 1/4 resolution the core is scaled, which is
-   exact because tiles start on multiples of 4). The layers are recorded in order, each tile
-   normalising the layers before with their final statistics, so the statistics are the
-   whole-image ones, not estimates from tile-locally normalised features (a single sweep with
-   tile-local normalisation, as the derainer does for SAPNet's pooling, is not enough
-   here: 23 chained normalisations amplify the error to ~23-29 dB PSNR against the untiled output
-   even for a randomly initialised generator). To avoid recomputing the network for every layer,
-   each tile's activations are kept where they are small (the residual trunk at 1/4 resolution:
-   32 channels per image pixel with the residual input for ngf = 64, i.e. 128 bytes per pixel in
-   fp32, plus the halos' share; on the host, or on the GPU when they fit there); only the few
-   full- and half-resolution layers at the start are recomputed from the image.
-2. render: every tile runs from its kept activations to the output with the fixed statistics,
-   and its core is written to the output.
-
-Tiles carry a halo of context of at least the generator's receptive radius (93 px for the 9-block
-generator), so a tile's core sees exactly the inputs the whole-image pass would; tiled and untiled
-outputs agree to floating-point summation order (tests/test_tpsence.py). Cost: about 1.4x the
-compute of one forward pass over the tiles' inputs (halos included); bench/tpsence_speed.py
-measured 2.55x the whole-image eager forward for a 640x480 image in four 320x240 tiles, whose
-93-px halos alone make the tiles' inputs 1.8x the image.
-
-The tile boxes, the optional blend ramps (`blend` > 0) and the statistics recorder (`NormStats`)
-are those of `rainkit.tiling`.
+* whole: the generator's forward on the whole padded image.
+* single pass (`rainkit.tiling.run_single_pass` over `ResnetGenerator.tile_sweeps`): every layer
+  runs once, over tiles of whole-image buffers, one sweep per instance norm. Instance norm makes
+  every output pixel depend on per-channel statistics of whole feature maps, so a tile
+  normalised with its own statistics would drift in colour and contrast from its neighbours:
+  each sweep writes the next norm's input and adds up its float64 per-channel sums and sums of
+  squares over the tiles' cores (which partition the image), and the next sweep normalises with
+  the whole image's mean and variance as it reads the map. Each sweep's halo is its own layers'
+  receptive growth (2 to 8 px), and the layers pad at the image border as the whole forward does,
+  so the output is the whole-image forward's up to summation order and the rounding of the stored
+  maps (float32 for fp32: `WeatherGenerator.storage_dtype`). Buffers: 3 ngf channels per pixel at
+  the peak (768 bytes for ngf 64 in float32), against about 2000 bytes of a whole-image fp32
+  forward; tiles run one per CPU core, each sweep's maps of a tile in the cache. On 2 CPU cores
+  shared with a training job (load average 4 to 6), ngf 64, 9 blocks (bench/tpsence_speed.py):
+  1.9x the MP/s of the eager whole-image forward at 0.3 MP and 2.0x at 4 MP (1.2x and 1.5x that
+  forward with the same heap tuning), at least 99.998% of the 8-bit pixels identical to its; peak
+  RSS 5.8 GiB at 4 MP against 7.4.
 
 Working width (`work_width`, opt-in): a generator trained on photos scaled to ~256 px wide paints
 weather at that scale; on a 4000 px photo its streaks and its view of the scene are 16x too small.
@@ -43,7 +32,6 @@ keeps the input's resolution and detail and gets weather at the scale the genera
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -52,29 +40,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rainkit.engine import TiledEngine
+from rainkit.engine import TiledEngine, tune_cpu_allocator
 from rainkit.errors import RainkitError
-from rainkit.models.tpsence import ResnetBlock, ResnetGenerator
-from rainkit.tiling import TileStats, available_memory_bytes, run_tiled
+from rainkit.models.tpsence import ResnetGenerator
+from rainkit.tiling import SinglePassPlan, memory_budgets, plan_single_pass, run_single_pass
 
 ALIGN = 4  # the generator's total stride
-DEFAULT_BLEND = 0  # exact statistics + a full receptive-field halo leave nothing to feather
-# Working memory per pixel of a tile (bytes) for ngf = 64 in fp32: the measured peak RSS growth of a
+# Working memory per pixel of a whole-image forward (bytes) for ngf = 64 in fp32: the measured peak RSS growth of a
 # CPU forward is about 1670 bytes per pixel; scales with ngf and halves for 16-bit precisions.
 _BYTES_PER_PIXEL_NGF64 = 2000
-
-
-class NormStats(TileStats):
-    """The whole-image mean and (biased) variance of each instance-norm layer of the generator,
-    `mean[k]` and `var[k]` (1, C) for the k-th in forward order (`rainkit.tiling.TileStats`)."""
-
-    second_moment = True
-
-    def normalize(self, x: torch.Tensor, k: int, eps: float) -> torch.Tensor:
-        """Instance-normalise `x` with layer k's fixed statistics instead of its own."""
-        mean = self.mean[k].to(x.device).view(1, -1, 1, 1)
-        inv = torch.rsqrt(self.var[k].to(x.device) + eps).view(1, -1, 1, 1)
-        return ((x.float() - mean) * inv).to(x.dtype)
+# The single pass's tile side per device type. CPU: 128 and 256 px measured alike (640x480, ngf 64); at 256 px the
+# 8 px halo of the largest sweep costs (1 + 16 / 256)^2 = 1.13x that sweep, and 4 px halos 1.06x the others. Other
+# devices: large tiles, fewer kernel launches (not measured).
+SINGLE_PASS_TILE = {"cpu": 256}
+SINGLE_PASS_TILE_OTHER = 1024
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int = ALIGN) -> torch.Tensor:
@@ -87,169 +66,98 @@ def pad_to_multiple(x: torch.Tensor, multiple: int = ALIGN) -> torch.Tensor:
     return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
 
 
-def _program(model: ResnetGenerator) -> list[tuple[str, nn.Module | None, int]]:
-    """The generator as a flat list of ops: ("layer", module, -1), ("norm", module, k), ("push"/"add", None, -1)
-    (a residual block pushes its input and adds it back at its end)."""
-    ops: list[tuple[str, nn.Module | None, int]] = []
-    norm_index = 0
-
-    def add(module):
-        nonlocal norm_index
-        if isinstance(module, nn.InstanceNorm2d):
-            ops.append(("norm", module, norm_index))
-            norm_index += 1
-        else:
-            ops.append(("layer", module, -1))
-
-    for module in model.model:
-        if isinstance(module, ResnetBlock):
-            ops.append(("push", None, -1))
-            for sub in module.conv_block:
-                add(sub)
-            ops.append(("add", None, -1))
-        else:
-            add(module)
-    return ops
-
-
-def _execute(ops, start: int, stop: int, current: torch.Tensor, skips: tuple, stats: NormStats):
-    for kind, module, k in ops[start:stop]:
-        if kind == "push":
-            skips = skips + (current,)
-        elif kind == "add":
-            current, skips = skips[-1] + current, skips[:-1]
-        elif kind == "norm":
-            current = stats.normalize(current, k, module.eps)
-        else:
-            current = module(current)
-    return current, skips
-
-
-def cache_channels_per_pixel(model: ResnetGenerator) -> float:
-    """The size of the residual trunk's state (activations + residual input at 1/4 resolution),
-    in channels per image pixel: the largest checkpoint the tiler keeps."""
-    return 2 * 4 * model.config["ngf"] / 16
-
-
-class LayerwiseTiles:
-    """The generator as `rainkit.tiling.run_tiled` runs it, one record sweep per instance-norm layer.
-
-    Record sweep k: every tile runs from its last checkpoint up to layer k's input, normalising
-    the layers before k with their already fixed whole-image statistics, and records layer k's
-    input over its core; then layer k's statistics are fixed. A layer's input becomes the tiles'
-    new checkpoint (kept on `cache_device`) when every tile's is no larger than the residual
-    trunk's state (`cache_channels_per_pixel`: 32 channels per image pixel for ngf = 64); the
-    full- and half-resolution layers at the start are recomputed from the image instead. Render:
-    every tile continues from its last checkpoint to the output, and frees it. With a halo of at
-    least the receptive radius, every statistic and every output pixel equals the whole-image
-    pass's up to floating-point summation order.
-    """
-
-    def __init__(self, model: ResnetGenerator, device: torch.device, cache_device: torch.device) -> None:
-        self.ops = _program(model)
-        self.norm_positions = [i for i, (kind, _, _) in enumerate(self.ops) if kind == "norm"]
-        self.limit = cache_channels_per_pixel(model)
-        self.device = device
-        self.cache_device = cache_device
-        self.checkpoints: list[tuple[torch.Tensor, tuple] | None] | None = None  # per tile, at op `resume_at`
-        self.resume_at = 0
-        self._kept: list[tuple[torch.Tensor, tuple]] = []  # this sweep's candidate checkpoints, at `_kept_at`
-        self._kept_at = -1
-        self._every_tile_kept = False
-
-    @property
-    def sweeps(self) -> int:
-        return len(self.norm_positions)
-
-    def _target(self, stats: NormStats) -> int:
-        """Where the current sweep stops: the first norm layer not yet fixed, else the output."""
-        return next((p for p in self.norm_positions if not stats.is_fixed(self.ops[p][2])), len(self.ops))
-
-    def __call__(self, index: int, x: torch.Tensor, stats: NormStats) -> torch.Tensor | None:
-        target = self._target(stats)
-        if target != self._kept_at:  # a new sweep: the last one's checkpoints replace the old if every tile had one
-            if self._kept and self._every_tile_kept:
-                self.checkpoints, self.resume_at = self._kept, self._kept_at
-            self._kept, self._kept_at, self._every_tile_kept = [], target, True
-        if self.checkpoints is None:
-            current, skips = _execute(self.ops, 0, target, x.to(self.device), (), stats)
-        else:
-            cur, skp = self.checkpoints[index]
-            if target == len(self.ops):
-                self.checkpoints[index] = None  # rendering: free as we go
-            current, skips = _execute(self.ops, self.resume_at, target, cur.to(self.device),
-                                      tuple(s.to(self.device) for s in skp), stats)
-        if target == len(self.ops):
-            return current
-        stats.record(self.ops[target][2], current)
-        height = x.shape[2]
-        size = current.shape[1] / (height // current.shape[2]) ** 2 + sum(
-            t.shape[1] / (height // t.shape[2]) ** 2 for t in skips)
-        if size <= self.limit:
-            self._kept.append((current.to(self.cache_device), tuple(t.to(self.cache_device) for t in skips)))
-        else:
-            self._every_tile_kept = False
-        return None
-
-
 class WeatherGenerator(TiledEngine):
     """A ready-to-run TPSeNCE generator (clear to rain, snow, ...). Build it with `load_generator`.
 
-    `tile`: None picks the largest tile that fits the memory budget (0 when the whole image fits),
-    0 forces the whole image, a positive value forces that tile side. `halo` defaults to the
-    receptive radius rounded up to a multiple of 4. `work_width`: 0 runs at native resolution; W
-    runs at W px wide and adds the change back (module doc).
+    Plans (`choose_plan`, `last_plan`, `last_tile`): "whole" or "single-pass" (module doc). `tile`: None chooses
+    (on the CPU the single pass for images larger than a tile, elsewhere the whole image while it fits the memory
+    budget), 0 forces the whole image, a positive value forces the single pass in tiles of that side. `memory_budget` / `max_memory`: as `rainkit.engine.TiledEngine`.
+    `work_width`: 0 runs at native resolution; W runs at W px wide and adds the change back (module doc).
     """
 
     arch = "tpsence"
-    align = ALIGN
 
-    def __init__(self, model: ResnetGenerator, device: torch.device | str, *, blend: int = DEFAULT_BLEND,
-                 work_width: int = 0, **engine: Any) -> None:
-        super().__init__(model, device, blend=blend, **engine)
+    def __init__(self, model: ResnetGenerator, device: torch.device | str, *, work_width: int = 0,
+                 **engine: Any) -> None:
+        super().__init__(model, device, **engine)
         if work_width < 0:
             raise RainkitError(f"work width must be 0 (native resolution) or a positive width, got {work_width}")
         self.work_width = int(work_width)
+        self.last_plan = "whole"
+        self._single_pass: SinglePassPlan | None = None
 
     @classmethod
     def prepare_model(cls, model: nn.Module, arch: str, device: torch.device) -> ResnetGenerator:
         return model.float()  # fp16-stored weights run in fp32 parameters; NCHW: channels-last measured no faster here
-
-    @property
-    def effective_halo(self) -> int:
-        halo = self.halo if self.halo is not None else self.model.receptive_radius()
-        return int(math.ceil(halo / ALIGN) * ALIGN)
 
     def bytes_per_pixel(self) -> int:
         per = _BYTES_PER_PIXEL_NGF64 * self.model.config["ngf"] / 64
         return int(per if self.precision == "fp32" else per / 2) + 64
 
     def tile_margin(self) -> int:
-        return self.effective_halo + self.blend
+        return self.single_pass_plan().halo
 
-    def _cache_device(self, height: int, width: int, tile: int) -> torch.device:
-        """Keep the tiler's checkpoints on the GPU when they fit comfortably, else on the host."""
-        if self.device.type != "cuda":
-            return torch.device("cpu")
-        overhead = ((tile + 2 * self.tile_margin()) / tile) ** 2
-        need = cache_channels_per_pixel(self.model) * 4 * height * width * overhead
-        return self.device if need < 0.3 * available_memory_bytes(self.device) else torch.device("cpu")
+    # ------------------------------------------------------------------ plans
+    @property
+    def storage_dtype(self) -> torch.dtype:
+        """The single pass's buffers: float32 for fp32 (fp16 buffers left 99.08% of the 8-bit pixels of a 0.3 MP
+        image and 99.36% of a 4 MP one identical to the whole-image forward's, against 99.999% and 99.998% with
+        float32: bench/tpsence_speed.py), else the precision's own 16-bit type."""
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
 
+    def single_pass_plan(self) -> SinglePassPlan:
+        """The generator's single-pass program: sweeps, buffer bytes per pixel, largest halo, coarsest stride."""
+        if self._single_pass is None:
+            with torch.inference_mode():
+                self._single_pass = plan_single_pass(self.model.tile_sweeps, self.storage_dtype, self.device)
+        return self._single_pass
+
+    def single_pass_bytes(self, height: int, width: int, tile: int) -> int:
+        """Memory of a single pass: the whole-image buffers, and one tile's working memory per worker thread."""
+        plan = self.single_pass_plan()
+        workers = torch.get_num_threads() if self.device.type == "cpu" else 1
+        side = min(tile, max(height, width)) + 2 * plan.halo
+        return int(height * width * plan.bytes_per_pixel) + workers * side * side * self.bytes_per_pixel()
+
+    def choose_plan(self, height: int, width: int) -> tuple[str, int]:
+        """(plan, tile side) for a padded image (class doc). Automatic, against the whole-image budget
+        (`rainkit.tiling.memory_budgets`, or what `max_memory` leaves): on the CPU the single pass when the image
+        spans more than one tile and its buffers fit (faster than the whole image there: module doc), else the
+        whole image when it fits, else the single pass when it fits; neither fitting is an error."""
+        if self.tile == 0 or (self.tile is not None and self.tile >= max(height, width)):
+            return "whole", 0
+        tile = self.tile or SINGLE_PASS_TILE.get(self.device.type, SINGLE_PASS_TILE_OTHER)
+        if self.tile is not None:
+            return "single-pass", tile
+        whole_budget, _ = memory_budgets(self.working_budget(height, width), self.device)
+        need = self.single_pass_bytes(height, width, tile)
+        single = tile < max(height, width) and need <= whole_budget
+        if single and self.device.type == "cpu":
+            return "single-pass", tile
+        if height * width * self.bytes_per_pixel() <= whole_budget:
+            return "whole", 0
+        if single:
+            return "single-pass", tile
+        raise RainkitError(f"a {width}x{height} image needs {need / 2**30:.2f} GiB to generate in tiles, more than "
+                           f"the {whole_budget / 2**30:.2f} GiB budget (a larger --max-memory allows more)")
+
+    # ---------------------------------------------------------------- running
     def generate_tensor(self, x: torch.Tensor, on_tile: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """(1, 3, H, W) RGB in [0, 1] on the CPU -> the rainy version, (1, 3, H, W) float32 in [0, 1] on the CPU."""
         if x.dim() != 4 or x.shape[0] != 1 or x.shape[1] != 3:
             raise RainkitError(f"expected a (1, 3, H, W) tensor, got {tuple(x.shape)}")
+        if self.device.type == "cpu" and self.max_memory is None:
+            tune_cpu_allocator()  # the tiles' maps stay in the heap: 5-10% faster single pass (as for the derainer)
         _, _, height, width = x.shape
         padded = pad_to_multiple(x.float() * 2.0 - 1.0)
-        tile = self.choose_tile(*padded.shape[2:])
-        self.last_tile = tile
+        plan, tile = self.choose_plan(*padded.shape[2:])
+        self.last_plan, self.last_tile = plan, tile
         with torch.inference_mode(), self.autocast():
-            if tile == 0:
+            if plan == "whole":
                 out = self.model(padded.to(self.device)).float().cpu()
             else:
-                network = LayerwiseTiles(self.model, self.device, self._cache_device(*padded.shape[2:], tile))
-                out = run_tiled(network, padded, tile=tile, halo=self.effective_halo, blend=self.blend, align=ALIGN,
-                                stats=NormStats(), record_sweeps=network.sweeps, on_tile=on_tile)
+                out = run_single_pass(self.model.tile_sweeps, {"image": padded.to(self.device)}, tile=tile,
+                                      storage=self.storage_dtype, device=self.device, on_tile=on_tile).cpu()
         return ((out[:, :, :height, :width] + 1.0) * 0.5).clamp_(0.0, 1.0)
 
     def generate(self, rgb: np.ndarray, on_tile: Callable[[int, int], None] | None = None) -> np.ndarray:
@@ -275,15 +183,18 @@ class WeatherGenerator(TiledEngine):
         return self.generate_tensor(x, on_tile)[0].numpy().transpose(1, 2, 0)
 
     def describe(self) -> dict:
-        return {**super().describe(), "work_width": self.work_width}
+        """The engine's record, with the plan and tile side the last image ran with."""
+        return {**super().describe(), "work_width": self.work_width, "plan": self.last_plan, "tile": self.last_tile}
 
 
 def load_generator(weights: str | Path, device: str | torch.device = "cpu", precision: str = "fp32", *,
-                   tile: int | None = None, halo: int | None = None, work_width: int = 0) -> WeatherGenerator:
+                   tile: int | None = None, max_memory: int | str | None = None,
+                   work_width: int = 0) -> WeatherGenerator:
     """A `WeatherGenerator` from a registered `tpsence.*` name or a weights file (e.g. a run's
-    `generator.safetensors`; fp16-stored weights are loaded into fp32 parameters)."""
-    return WeatherGenerator.load("tpsence", weights, device=device, precision=precision, tile=tile, halo=halo,
-                                 work_width=work_width)
+    `generator.safetensors`; fp16-stored weights are loaded into fp32 parameters). `max_memory` ("3G") caps the
+    process's memory: a large image then runs in the single pass while its buffers fit under it."""
+    return WeatherGenerator.load("tpsence", weights, device=device, precision=precision, tile=tile,
+                                 max_memory=max_memory, work_width=work_width)
 
 
 GENERATOR_WEIGHTS_PREFIX = "tpsence."
