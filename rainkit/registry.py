@@ -31,6 +31,11 @@ class WeightsEntry:
     # Other relative paths under a search folder where the file may sit (e.g. the layout of a mirror).
     mirror_paths: tuple[str, ...] = ()
     default_for: str | None = None  # architecture this entry is the default of
+    # Light-rain weights may name the weights for heavy rain that `rainkit derain --rain auto` switches to when the
+    # rain this entry's model removes from an image (`rainkit.derain.engine.Derainer.rain_strength`) exceeds
+    # `heavy_threshold`.
+    heavy_weights: str | None = None
+    heavy_threshold: float = 0.0
 
     @property
     def arch(self) -> str:

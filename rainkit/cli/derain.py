@@ -28,6 +28,9 @@ def derain_command(
                                              "large images are tiled to stay under it (one exact pass over the "
                                              "tiles while its image-sized buffers fit, else two passes, slower). "
                                              "Default: the plan follows free memory."),
+    rain: str = typer.Option("auto", "--rain", help="auto (default): the default weights' light- or heavy-rain "
+                             "model, chosen per image from how much rain the light one finds; light or heavy forces "
+                             "one."),
     shard: Optional[str] = typer.Option(None, "--shard", help=SHARD_HELP),
     codec: str = typer.Option("libx264", "--codec", help=VIDEO_HELP["codec"]),
     crf: int = typer.Option(18, "--crf", min=0, max=51, help=VIDEO_HELP["crf"]),
@@ -58,7 +61,7 @@ def derain_command(
     with BatchProgress(console, "derain") as progress:
         result = derain_paths(inputs, output, model=model, weights=weights, device=device, precision=precision,
                               tile=tile, backend=backend, recursive=recursive, fmt=fmt, quality=quality,
-                              overwrite=overwrite, sidecar=not no_sidecar, shard=shard, max_memory=max_memory,
+                              overwrite=overwrite, sidecar=not no_sidecar, shard=shard, max_memory=max_memory, rain=rain,
                               video=VideoOptions(codec, crf, frames), on_start=progress.on_start,
                               on_progress=progress.on_progress, on_tile=progress.on_tile, on_frame=progress.on_frame)
     _render(result)

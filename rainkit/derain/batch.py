@@ -69,6 +69,7 @@ def derain_files(
                 "output": str(job.output),
                 "output_sha256": sha256_bytes(data),
                 **derainer.describe(),
+                **getattr(derainer, "last_choice", {}),
                 "plan": getattr(derainer, "last_plan", "whole"),
                 "tile": derainer.last_tile,
                 "halo": derainer.halo if getattr(derainer, "last_plan", "whole") == "two-pass" else 0,
@@ -108,6 +109,7 @@ def derain_paths(
     shard: Shard | str | None = None,
     video: VideoOptions = VideoOptions(),
     max_memory: int | str | None = None,
+    rain: str = "auto",
     on_start: Callable[[int], None] | None = None,
     on_progress: Callable[[ItemResult, int, int], None] | None = None,
     on_tile: Callable[[int, int], None] | None = None,
@@ -117,7 +119,8 @@ def derain_paths(
     PNG sequences with `video.frames_dir`), take this shard's share (`shard`: `K/N`, default torchrun's rank
     when set), load the model, run the batch. `backend` "onnxruntime" runs an ONNX export of the weights on the
     CPU (`rainkit.export.onnx_engine`; exported into rainkit's cache on first use). `max_memory` ("3G") caps the
-    process's memory: large images are tiled to stay under it."""
+    process's memory: large images are tiled to stay under it. `rain` ("auto", "light", "heavy") chooses between
+    the default weights' light- and heavy-rain models (`rainkit.derain.engine.load_derainer`)."""
     from rainkit.derain.engine import load_derainer
 
     if backend not in BACKENDS:
@@ -133,7 +136,7 @@ def derain_paths(
         derainer = load_onnx_derainer(model, weights, device=device, precision=precision, tile=tile)
     else:
         derainer = load_derainer(model, weights, device=device, precision=precision, tile=tile,
-                                 max_memory=max_memory)
+                                 max_memory=max_memory, rain=rain)
     result = derain_files(derainer, jobs, overwrite=overwrite, quality=quality, sidecar=sidecar, video=video,
                           on_start=on_start, on_progress=on_progress, on_tile=on_tile, on_frame=on_frame)
     if not shard.whole:
