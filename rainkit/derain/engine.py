@@ -46,6 +46,7 @@ WHOLE_UP_TO_PIXELS = 2_000_000
 STRENGTH_SIDE = 400
 RAIN_CHOICES = ("auto", "light", "heavy")
 
+
 class Derainer(TiledEngine):
     """A ready-to-run deraining model (SAPNet, PReNet). Build it with `load_derainer`.
 
