@@ -76,7 +76,7 @@ def score(dataset, models, metrics, label: str) -> dict:
 def detect_study(root: Path, model: str) -> dict:
     from rainkit.detect.runner import DetectSettings, run_detect
 
-    weights = model.split("=", 1)[1]
+    weights = model.split("=", 1)[1] if "=" in model else None  # a bare architecture: its default weights
     started = time.perf_counter()
     settings = DetectSettings(labels=root / "data" / "coco128" / "labels" / "train2017", add_rain="heavy", seed=0,
                               detector=root / "weights" / "yolov8n_int8_openvino_model", derain_weights=weights,

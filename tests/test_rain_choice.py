@@ -59,7 +59,7 @@ def test_images_go_to_the_heavy_model_above_the_threshold_only():
 def test_shipped_default_names_its_heavy_rain_weights():
     light = get_weights("sapnet.rainkit")
     heavy = get_weights(light.heavy_weights)
-    assert heavy.name == "sapnet.rainkit-heavy" and 0 < light.heavy_threshold < 0.1
+    assert heavy.name == "sapnet.rainkit-heavy" and 0 < light.heavy_threshold < 0.2
 
 
 def test_the_shipped_pair_splits_light_from_heavy_rain(tmp_path):

@@ -36,7 +36,7 @@ RAINKIT = WeightsEntry(
                "epochs of 973 steps (batch 24, 128 px) on a GPU; see weights/README.md",
     default_for="sapnet",
     heavy_weights=HEAVY.name,
-    heavy_threshold=0.07,
+    heavy_threshold=0.12,
 )
 
 
