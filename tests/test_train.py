@@ -255,3 +255,15 @@ def test_data_workers_default_to_a_share_of_the_node_on_cuda_only(monkeypatch):
     assert resolve_workers(-1, torch.device("cuda")) == 12
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     assert resolve_workers(-1, torch.device("cuda")) == 6
+
+
+def test_card_records_the_commit_the_run_started_from(tmp_path, monkeypatch):
+    """A checkout's HEAD can move during a long run; the card names the code that trained."""
+    import rainkit.train.base as base
+
+    heads = iter(["a" * 40] + ["b" * 40] * 100)
+    monkeypatch.setattr(base, "git_commit", lambda: next(heads))
+    config = _config(tmp_path, "epochs=1")
+    val = [((rainy_like(32, 40, 9) * 255).astype(np.uint8), (rainy_like(32, 40, 9) * 230).astype(np.uint8))]
+    train_sapnet(config, _dataset(config), val)
+    assert json.loads((tmp_path / "best.json").read_text())["commit"] == "a" * 40

@@ -177,6 +177,8 @@ class Trainer(abc.ABC):
         self.curve: list[dict] = []
         self.epoch = 0
         self.global_step = 0
+        # The code that trains is the checkout's at the start: HEAD may move on while a long run goes.
+        self.commit = git_commit()
 
     # ------------------------------------------------------------------ what a trainer gives
     @abc.abstractmethod
@@ -233,7 +235,7 @@ class Trainer(abc.ABC):
     def run_card(self, **fields: Any) -> dict[str, Any]:
         """A run card: the trainer's fields, then what every card records."""
         return {**fields, "data": self.data_description or {}, "config": self.config.to_dict(),
-                "command": " ".join(sys.argv), "commit": git_commit(), "rainkit_version": __version__}
+                "command": " ".join(sys.argv), "commit": self.commit, "rainkit_version": __version__}
 
     def save(self, epoch: int, batch: int) -> None:
         if self.rank != 0:
