@@ -112,6 +112,7 @@ class TiledEngine(InferenceEngine, ABC):
         self.memory_budget = memory_budget
         self.max_memory = parse_memory_size(max_memory)
         self.last_tile = 0
+        self._single_pass = None
 
     @abstractmethod
     def bytes_per_pixel(self) -> int:
@@ -127,6 +128,32 @@ class TiledEngine(InferenceEngine, ABC):
 
         return tile_for_budget(height, width, self.tile, self.working_budget(height, width), self.device,
                                self.bytes_per_pixel(), self.tile_margin())
+
+    @property
+    def storage_dtype(self) -> torch.dtype:
+        """The dtype of the single-pass tiler's image-sized buffers (`rainkit.tiling.run_single_pass`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no single-pass program")
+
+    def single_pass_plan(self):
+        """The model's single-pass program (`model.tile_sweeps`) walked once: a `rainkit.tiling.SinglePassPlan`
+        (sweeps, buffer bytes per image pixel, largest halo, coarsest stride)."""
+        if self._single_pass is None:
+            import torch
+
+            from rainkit.tiling import plan_single_pass
+
+            with torch.inference_mode():
+                self._single_pass = plan_single_pass(self.model.tile_sweeps, self.storage_dtype, self.device)
+        return self._single_pass
+
+    def single_pass_bytes(self, height: int, width: int, tile: int) -> int:
+        """Memory of a single pass: the whole-image buffers, and one tile's working memory per worker thread."""
+        import torch
+
+        plan = self.single_pass_plan()
+        workers = torch.get_num_threads() if self.device.type == "cpu" else 1
+        side = min(tile, max(height, width)) + 2 * plan.halo
+        return int(height * width * plan.bytes_per_pixel) + workers * side * side * self.bytes_per_pixel()
 
     def working_budget(self, height: int, width: int) -> int | None:
         """Bytes the network may use on this image: `memory_budget`, or what `max_memory` leaves."""

@@ -43,7 +43,7 @@ from torch import nn
 from rainkit.engine import TiledEngine, tune_cpu_allocator
 from rainkit.errors import RainkitError
 from rainkit.models.tpsence import ResnetGenerator
-from rainkit.tiling import SinglePassPlan, memory_budgets, plan_single_pass, run_single_pass
+from rainkit.tiling import memory_budgets, run_single_pass
 
 ALIGN = 4  # the generator's total stride
 # Working memory per pixel of a whole-image forward (bytes) for ngf = 64 in fp32: the measured peak RSS growth of a
@@ -84,7 +84,6 @@ class WeatherGenerator(TiledEngine):
             raise RainkitError(f"work width must be 0 (native resolution) or a positive width, got {work_width}")
         self.work_width = int(work_width)
         self.last_plan = "whole"
-        self._single_pass: SinglePassPlan | None = None
 
     @classmethod
     def prepare_model(cls, model: nn.Module, arch: str, device: torch.device) -> ResnetGenerator:
@@ -104,20 +103,6 @@ class WeatherGenerator(TiledEngine):
         image and 99.36% of a 4 MP one identical to the whole-image forward's, against 99.999% and 99.998% with
         float32: bench/tpsence_speed.py), else the precision's own 16-bit type."""
         return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
-
-    def single_pass_plan(self) -> SinglePassPlan:
-        """The generator's single-pass program: sweeps, buffer bytes per pixel, largest halo, coarsest stride."""
-        if self._single_pass is None:
-            with torch.inference_mode():
-                self._single_pass = plan_single_pass(self.model.tile_sweeps, self.storage_dtype, self.device)
-        return self._single_pass
-
-    def single_pass_bytes(self, height: int, width: int, tile: int) -> int:
-        """Memory of a single pass: the whole-image buffers, and one tile's working memory per worker thread."""
-        plan = self.single_pass_plan()
-        workers = torch.get_num_threads() if self.device.type == "cpu" else 1
-        side = min(tile, max(height, width)) + 2 * plan.halo
-        return int(height * width * plan.bytes_per_pixel) + workers * side * side * self.bytes_per_pixel()
 
     def choose_plan(self, height: int, width: int) -> tuple[str, int]:
         """(plan, tile side) for a padded image (class doc). Automatic, against the whole-image budget
