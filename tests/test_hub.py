@@ -43,6 +43,22 @@ def test_fp16_on_cpu_is_refused_and_bf16_allowed():
     assert resolve_precision(None, torch.device("cpu")).name == "fp32"
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_that_emulates_it_warns(monkeypatch, native):
+    import warnings
+
+    from rainkit.errors import RainkitWarning
+    from rainkit.hub import device as device_mod
+
+    monkeypatch.setattr(device_mod, "cpu_bf16_is_native", lambda: native)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert resolve_precision("bf16", torch.device("cpu")).dtype == torch.bfloat16
+        resolve_precision("fp32", torch.device("cpu"))
+    emulated = [w for w in caught if issubclass(w.category, RainkitWarning) and "emulated" in str(w.message)]
+    assert len(emulated) == (0 if native else 1)
+
+
 def test_registry_rejects_duplicates_and_suggests_names():
     create_model("sapnet", "tiny")  # makes sure the built-ins are registered
     with pytest.raises(RainkitError, match="already registered"):

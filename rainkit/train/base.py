@@ -180,6 +180,16 @@ class Trainer(abc.ABC):
         # The code that trains is the checkout's at the start: HEAD may move on while a long run goes.
         self.commit = git_commit()
 
+    def autocast_enabled(self) -> bool:
+        """bf16 autocast for this run: `amp` on CUDA, `cpu_bf16` on the CPU (with a warning where this CPU emulates
+        bf16)."""
+        from rainkit.hub.device import warn_if_bf16_emulated
+
+        c = self.config
+        if self.device.type == "cpu" and c.cpu_bf16:
+            warn_if_bf16_emulated(self.device, "cpu_bf16")
+        return bool((c.amp and self.device.type == "cuda") or (c.cpu_bf16 and self.device.type == "cpu"))
+
     # ------------------------------------------------------------------ what a trainer gives
     @abc.abstractmethod
     def build(self) -> None:

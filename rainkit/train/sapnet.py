@@ -142,7 +142,7 @@ class SAPNetTrainer(Trainer):
             resolved = resolve_weights(c.init)
             self.init_sha256 = resolved.sha256
             load_state_dict_strict(self.model, read_state_dict(resolved.path), source=resolved.path)
-        self.use_amp = (c.amp and self.device.type == "cuda") or (c.cpu_bf16 and self.device.type == "cpu")
+        self.use_amp = self.autocast_enabled()
         if self.use_amp:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr)

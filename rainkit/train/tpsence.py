@@ -218,7 +218,7 @@ class TPSeNCETrainer(Trainer):
         self.model = model.to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.use_amp = bool((c.amp and self.device.type == "cuda") or (c.cpu_bf16 and self.device.type == "cpu"))
+        self.use_amp = self.autocast_enabled()
         betas = (c.beta1, c.beta2)
         self.optimizers = [torch.optim.Adam(getattr(self.model, name).parameters(), lr=c.lr, betas=betas)
                            for name in NETWORKS]
