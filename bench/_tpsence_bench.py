@@ -27,6 +27,25 @@ def random_generator(folder: Path, ngf: int, blocks: int) -> str:
                                "tpsence", kwargs))
 
 
+def bench_image(path: str | Path, size: str):
+    """The photo at `path` resized to `size` ("WxH"), float32 RGB; a smooth pattern with a little noise when the
+    photo is absent (no ../shared)."""
+    import numpy as np
+
+    width, height = (int(v) for v in size.split("x"))
+    if Path(path).is_file():
+        import cv2
+
+        from rainkit.data.images import read_image
+
+        rgb = read_image(path).rgb
+        return cv2.resize(rgb, (width, height), interpolation=cv2.INTER_CUBIC).clip(0, 1).astype(np.float32)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack([0.5 + 0.3 * np.sin(xx / 37.0 + c) * np.cos(yy / 29.0 - c) for c in range(3)], axis=2)
+    return np.clip(base + 0.03 * rng.standard_normal((height, width, 3)), 0, 1).astype(np.float32)
+
+
 def run_variant(script: str, variant: str, args: list[str]) -> dict:
     """Run `script --variant VARIANT ARGS` in a fresh process; its last stdout line is a JSON record."""
     cmd = [sys.executable, script, "--variant", variant, *args]

@@ -28,21 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _tpsence_bench import DEFAULT_IMAGE, random_generator, run_variant
-
-
-def _image(path: str, size: str):
-    import cv2
-    import numpy as np
-
-    width, height = (int(v) for v in size.split("x"))
-    if Path(path).is_file():
-        from rainkit.data.images import read_image
-
-        rgb = read_image(path).rgb
-        return cv2.resize(rgb, (width, height), interpolation=cv2.INTER_CUBIC).clip(0, 1).astype(np.float32)
-    rng = np.random.default_rng(0)
-    return rng.random((height, width, 3), dtype=np.float32)
+from _tpsence_bench import DEFAULT_IMAGE, bench_image, random_generator, run_variant
 
 
 def worker(args) -> None:
@@ -51,7 +37,7 @@ def worker(args) -> None:
 
     from rainkit.synth.tpsence import load_generator, pad_to_multiple
 
-    image = _image(args.image, args.size)
+    image = bench_image(args.image, args.size)
     generator = load_generator(args.weights, "cpu", tile=0 if args.variant == "whole" else None)
     start = time.perf_counter()
     if args.variant == "whole":

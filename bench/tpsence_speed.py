@@ -32,26 +32,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from _tpsence_bench import DEFAULT_IMAGE, random_generator, run_variant
+from _tpsence_bench import DEFAULT_IMAGE, bench_image, random_generator, run_variant
 
 VARIANTS = ("eager", "eager-tuned", "rainkit", "fp16-buffers", "rainkit-bf16")
-
-
-def _image(path: str, size: str):
-    import numpy as np
-
-    width, height = (int(v) for v in size.split("x"))
-    if Path(path).is_file():
-        import cv2
-
-        from rainkit.data.images import read_image
-
-        rgb = read_image(path).rgb
-        return cv2.resize(rgb, (width, height), interpolation=cv2.INTER_CUBIC).clip(0, 1).astype(np.float32)
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    base = np.stack([0.5 + 0.3 * np.sin(xx / 37.0 + c) * np.cos(yy / 29.0 - c) for c in range(3)], axis=2)
-    return np.clip(base + 0.03 * rng.standard_normal((height, width, 3)), 0, 1).astype(np.float32)
 
 
 def worker(args) -> None:
@@ -65,7 +48,7 @@ def worker(args) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    image = _image(args.image, args.size)
+    image = bench_image(args.image, args.size)
     height, width = image.shape[:2]
     generator = load_generator(args.weights, "cpu", "bf16" if args.variant == "rainkit-bf16" else "fp32")
     model = generator.model
