@@ -5,7 +5,8 @@ For each model (the rainy input `none`, and `sapnet=WEIGHTS` entries as `rainkit
 - `rain100h`: the Rain100H sample; `rain100l`: Rain100L (100 images; `--rain100l-limit N` for a quick look);
 - `heldout`: NIQE and BRISQUE of the held-out real rainy photos (`rainkit.data.splits`: 15% of
   `weather/rain` by name hash, which no training step of rainkit's weights saw);
-- `--sheet PATH`: a contact sheet of 8 held-out real rainy photos, one row each: the input, then each model;
+- `--sheet PATH`: a contact sheet of 8 held-out real rainy photos, one row each: the input, then each model (PNG, or
+  JPEG for a .jpg path);
 - `detect`: the coco128 study (`--add-rain heavy --seed 0`, YOLOv8n INT8): mAP50-95 and the share of the
   clean-to-rainy drop that deraining recovers (one study per model; about 6 minutes each on 2 cores).
 
@@ -123,8 +124,10 @@ def contact_sheet(root: Path, models: list[str], path: Path, rows: int = 8, widt
     full = max(line.shape[1] for line in lines)
     sheet = np.concatenate([np.pad(line, ((0, 4), (0, full - line.shape[1]), (0, 0)), constant_values=255)
                             for line in lines])
-    ok, png = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
-    atomic_write_bytes(path, png.tobytes())
+    jpeg = path.suffix.lower() in (".jpg", ".jpeg")
+    ok, encoded = cv2.imencode(".jpg" if jpeg else ".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR),
+                               [cv2.IMWRITE_JPEG_QUALITY, 90] if jpeg else [])
+    atomic_write_bytes(path, encoded.tobytes())
     print(f"\ncontact sheet: {path} ({len(photos)} held-out photos: {', '.join(p.id for p in pairs)})")
 
 
