@@ -72,8 +72,7 @@ def main() -> None:
             intensity = float(np.random.default_rng(seed).uniform(low, high))
             rainy = synthesize(rgb, "rain", preset=preset, intensity=intensity, seed=seed)
             x = torch.from_numpy(np.ascontiguousarray(rainy.transpose(2, 0, 1)))[None]
-            with torch.inference_mode():
-                strength, light_out = light.rain_strength(x)
+            strength, light_out = light.rain_strength(x)  # the engine runs it in inference mode
             light_rgb = light_out[0].numpy().transpose(1, 2, 0) if light_out is not None else light.derain(rainy)
             heavy_rgb = heavy.derain(rainy)
             scores = {name: psnr(rgb_to_y(to_uint8(np.clip(out, 0, 1))), clean_y)
