@@ -103,18 +103,26 @@ def test_physics_record_and_method_choice(tmp_path, capsys):
 
 def test_presets_without_real_rain_effects_keep_their_output():
     # The real-rain parameters (depth veil, airlight range, light, lens drops) default to off, so every older
-    # preset still draws the same random stream; a fixed digest guards it (measured before those were added).
-    import hashlib
-
+    # preset still draws the same random stream. Golden statistics (mean, std, mean |rain - input|), measured
+    # before those parameters were added, guard it; statistics rather than a byte digest, because OpenCV and
+    # NumPy take different SIMD paths on different CPUs (a digest of the same code differs between an AVX-512
+    # and an AVX2 machine by last-bit float rounding, which averages out far below the tolerance). Two seeds of
+    # one preset differ by at least 7e-4 in these figures.
     from rainkit.synth.motion import MovingWeather
 
     img = np.random.default_rng(0).random((120, 160, 3), dtype=np.float32)
-    digest = hashlib.sha256()
-    for preset in ("light", "heavy", "storm"):
-        for seed in (0, 1):
-            digest.update(synthesize(img, "rain", preset=preset, seed=seed).tobytes())
-        digest.update(MovingWeather((120, 160), "rain", preset=preset, seed=3).frame(img, 2).tobytes())
-    assert digest.hexdigest() == "f87f996dce7800362ae9cfc4ac46ee3921fa43ba779e1874f312a5c6a325c6c1"
+    golden = {
+        "light": [(0.506598, 0.289851, 0.007206), (0.505863, 0.289894, 0.006471), (0.507218, 0.289699, 0.007826)],
+        "heavy": [(0.569374, 0.238868, 0.074726), (0.571827, 0.239526, 0.076242), (0.573039, 0.242672, 0.077956)],
+        "storm": [(0.637705, 0.201499, 0.143441), (0.641360, 0.196509, 0.147624), (0.628795, 0.200881, 0.137205)],
+    }
+    for preset, expected in golden.items():
+        outputs = [synthesize(img, "rain", preset=preset, seed=seed) for seed in (0, 1)]
+        outputs.append(MovingWeather((120, 160), "rain", preset=preset, seed=3).frame(img, 2))
+        for out, stats in zip(outputs, expected):
+            out = out.astype(np.float64)
+            measured = (out.mean(), out.std(), np.abs(out - img).mean())
+            assert measured == pytest.approx(stats, abs=1e-5), preset
 
 
 def test_real_rain_veils_the_far_top_more_greys_colour_and_is_seeded():
