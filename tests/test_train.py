@@ -267,3 +267,22 @@ def test_card_records_the_commit_the_run_started_from(tmp_path, monkeypatch):
     val = [((rainy_like(32, 40, 9) * 255).astype(np.uint8), (rainy_like(32, 40, 9) * 230).astype(np.uint8))]
     train_sapnet(config, _dataset(config), val)
     assert json.loads((tmp_path / "best.json").read_text())["commit"] == "a" * 40
+
+
+def test_memory_format_is_one_trainer_setting_and_the_layouts_agree(tmp_path):
+    # The CPU default is channels-last (faster there); contiguous forces the other layout, to the same weights
+    # within rounding; a misspelt value is refused before any step.
+    runs = {}
+    for layout in ("auto", "contiguous"):
+        config = _config(tmp_path / layout, "max_steps=2", "epochs=1", f"memory_format={layout}")
+        runs[layout] = train_sapnet(config, _dataset(config), []).model
+    weight = lambda model: next(p for p in model.parameters() if p.dim() == 4)  # noqa: E731
+    assert weight(runs["auto"]).is_contiguous(memory_format=torch.channels_last)
+    assert not weight(runs["contiguous"]).is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(runs["auto"].state_dict().values(), runs["contiguous"].state_dict().values()):
+        # Adam normalises each gradient, so rounding in a near-zero one can move a weight by a fraction of a step
+        # (lr 1e-3): allow a tenth of one.
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    bad = _config(tmp_path / "bad", "max_steps=1", "memory_format=channel_last")
+    with pytest.raises(RainkitError, match="memory_format must be one of auto, channels_last, contiguous"):
+        train_sapnet(bad, _dataset(bad), [])

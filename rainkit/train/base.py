@@ -34,7 +34,7 @@ import torch.distributed as dist
 from rainkit._version import __version__
 from rainkit.errors import RainkitError, UnsafeCheckpointError, first_line
 from rainkit.io.atomic import atomic_save_figure, atomic_torch_save, atomic_write_json
-from rainkit.train.config import CHECKPOINT, DATA_FILE, RUN_CONFIG
+from rainkit.train.config import CHECKPOINT, DATA_FILE, MEMORY_FORMATS, RUN_CONFIG
 from rainkit.train.data import epoch_order
 from rainkit.train.distributed import leaves_process_group_as_found, setup_processes
 from rainkit.train.runfiles import git_commit
@@ -189,6 +189,14 @@ class Trainer(abc.ABC):
         if self.device.type == "cpu" and c.cpu_bf16:
             warn_if_bf16_emulated(self.device, "cpu_bf16")
         return bool((c.amp and self.device.type == "cuda") or (c.cpu_bf16 and self.device.type == "cpu"))
+
+    def channels_last_enabled(self, auto: bool) -> bool:
+        """Channels-last networks and batches for this run: the config's `memory_format` (`channels_last` or
+        `contiguous`) forces one; `auto` takes the trainer's own default `auto`. The results agree to rounding."""
+        choice = self.config.memory_format
+        if choice not in MEMORY_FORMATS:
+            raise RainkitError(f"memory_format must be one of {', '.join(MEMORY_FORMATS)}, got {choice}")
+        return choice == "channels_last" or (choice == "auto" and auto)
 
     # ------------------------------------------------------------------ what a trainer gives
     @abc.abstractmethod

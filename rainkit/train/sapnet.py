@@ -143,8 +143,8 @@ class SAPNetTrainer(Trainer):
             self.init_sha256 = resolved.sha256
             load_state_dict_strict(self.model, read_state_dict(resolved.path), source=resolved.path)
         self.use_amp = self.autocast_enabled()
-        # Channels-last: on the CPU in fp32 too (a training step 1.2x faster on an AVX2 EPYC, the forward 2x).
-        self.channels_last = self.use_amp or self.device.type == "cpu"
+        # Channels-last by default: on the CPU in fp32 too (a training step 1.2x faster on an AVX2 EPYC, the forward 2x).
+        self.channels_last = self.channels_last_enabled(auto=self.use_amp or self.device.type == "cpu")
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr)

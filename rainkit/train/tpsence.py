@@ -213,7 +213,7 @@ class TPSeNCETrainer(Trainer):
         if c.init:  # earlier weights, fresh optimisers (a resume then restores this run's own state)
             self.init_record = load_init(model, c, c.init)
         cuda = self.device.type == "cuda"
-        self.channels_last = c.memory_format == "channels_last" or (c.memory_format == "auto" and cuda)
+        self.channels_last = self.channels_last_enabled(auto=cuda)
         self.prefetch = c.prefetch == "on" or (c.prefetch == "auto" and cuda)
         self.model = model.to(self.device)
         if self.channels_last:

@@ -14,7 +14,6 @@ from typing import Any
 from rainkit.errors import RainkitError
 
 
-MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 
 
 @dataclass
@@ -107,8 +106,6 @@ class TPSeNCEConfig:
         if self.epoch_offset < 0 or self.epochs < 1:
             raise RainkitError(f"epoch_offset {self.epoch_offset} leaves no epoch of the schedule's "
                                f"{self.n_epochs + self.n_epochs_decay} to train")
-        if self.memory_format not in MEMORY_FORMATS:
-            raise RainkitError(f"memory_format must be one of {', '.join(MEMORY_FORMATS)}, got {self.memory_format}")
         if self.prefetch not in ("auto", "on", "off"):
             raise RainkitError(f"prefetch must be auto, on or off, got {self.prefetch}")
         if self.nce_t <= 0 or self.ot_eps <= 0:
