@@ -192,7 +192,8 @@ class Trainer(abc.ABC):
 
     def channels_last_enabled(self, auto: bool) -> bool:
         """Channels-last networks and batches for this run: the config's `memory_format` (`channels_last` or
-        `contiguous`) forces one; `auto` takes the trainer's own default `auto`. The results agree to rounding."""
+        `contiguous`) forces one; `auto` leaves it to the calling trainer's default, given as `auto`. The results
+        agree to rounding."""
         choice = self.config.memory_format
         if choice not in MEMORY_FORMATS:
             raise RainkitError(f"memory_format must be one of {', '.join(MEMORY_FORMATS)}, got {choice}")

@@ -14,8 +14,6 @@ from typing import Any
 from rainkit.errors import RainkitError
 
 
-
-
 @dataclass
 class TPSeNCEConfig:
     # ---- data: unpaired clear (source) and rainy (target) images with their label maps
