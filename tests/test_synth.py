@@ -106,8 +106,9 @@ def test_presets_without_real_rain_effects_keep_their_output():
     # preset still draws the same random stream. Golden statistics (mean, std, mean |rain - input|), measured
     # before those parameters were added, guard it; statistics rather than a byte digest, because OpenCV and
     # NumPy take different SIMD paths on different CPUs (a digest of the same code differs between an AVX-512
-    # and an AVX2 machine by last-bit float rounding, which averages out far below the tolerance). Two seeds of
-    # one preset differ by at least 7e-4 in these figures.
+    # and an AVX2 machine by last-bit float rounding; on an AVX-512 EPYC the storm figures moved by up to 2.6e-5,
+    # its blurs and veil adding the rounding up). Two seeds of one preset differ by at least 7e-4 in these
+    # figures, so a tolerance of 1e-4 still tells a changed random stream.
     from rainkit.synth.motion import MovingWeather
 
     img = np.random.default_rng(0).random((120, 160, 3), dtype=np.float32)
@@ -122,7 +123,7 @@ def test_presets_without_real_rain_effects_keep_their_output():
         for out, stats in zip(outputs, expected):
             out = out.astype(np.float64)
             measured = (out.mean(), out.std(), np.abs(out - img).mean())
-            assert measured == pytest.approx(stats, abs=1e-5), preset
+            assert measured == pytest.approx(stats, abs=1e-4), preset
 
 
 def test_real_rain_veils_the_far_top_more_greys_colour_and_is_seeded():
