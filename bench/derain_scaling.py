@@ -13,8 +13,8 @@ official file is absent), after a small warm-up; the time is the best of `--repe
   cap          `max_memory=--cap` (default 3G): under a cap on the whole process
 
 Prints seconds and seconds per megapixel of wall time and of CPU time (user + system, all threads), the ratio of
-the `--measure`d s/MP to the first size's first variant's, the plan and tile used and peak RSS (`ru_maxrss` of
-the fresh process). Large sizes take minutes on 2 cores: `--sizes` picks which. On a machine that other work
+the `--measure`d s/MP to the first size's first variant's, the plan and tile used (and the single pass's maps kept
+in a temporary file, where they did not fit) and peak RSS (`ru_maxrss` of the fresh process). Large sizes take minutes on 2 cores: `--sizes` picks which. On a machine that other work
 keeps busy, wall times mostly measure the others: `--threads 1 --measure cpu` compares the work itself (one
 thread: no time spent spinning at the barriers of a parallel convolution while the other core is taken).
 
@@ -81,6 +81,7 @@ def worker(args) -> None:
         runs.append((time.perf_counter() - start, cpu_seconds() - start_cpu))
     print(json.dumps({"seconds": min(wall for wall, _ in runs), "cpu_seconds": min(cpu for _, cpu in runs),
                       "plan": derainer.last_plan, "tile": derainer.last_tile,
+                      "spilled_gib": derainer.last_spill[1] / 2 ** 30 if derainer.last_plan == "single-pass" else 0,
                       "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}))
 
 
@@ -125,6 +126,8 @@ def main() -> None:
                 reference = measured
             label = variant + (f" {args.cap}" if variant == "cap" else "")
             plan = result["plan"] + (f" {result['tile']} px" if result["tile"] else "")
+            if result["spilled_gib"]:
+                plan += f", {result['spilled_gib']:.2f} GiB in a file"
             print(f"{width}x{height} ({megapixels:5.2f} MP) {label:11s} {result['seconds']:7.1f} s {per_mp:6.2f} s/MP  "
                   f"cpu {result['cpu_seconds']:7.1f} s {cpu_per_mp:6.2f} s/MP  {measured / reference:5.2f}x  "
                   f"{plan:18s}  peak {result['peak_gib']:.2f} GiB", flush=True)

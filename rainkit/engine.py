@@ -93,8 +93,8 @@ class TiledEngine(InferenceEngine, ABC):
     `tile`: None lets the engine choose from `memory_budget` (bytes of working memory; None: from
     available memory), 0 when the whole image fits; 0 forces the whole image; a positive value forces
     that tile side. `max_memory` (bytes, or a size such as "3G") caps the whole process instead: what it
-    already holds and the image's own buffers are taken off before the tile is chosen. `last_tile` is the
-    tile side the last image ran with (0: whole).
+    already holds and the image's own buffers are taken off before the tile is chosen. `last_plan` and
+    `last_tile` are the plan and tile side the last image ran with (0: whole), `plan_line()` says it in words.
     """
 
     # Buffers of one image outside the network, per pixel: the caller's float image, its CHW copy, the output and
@@ -111,7 +111,11 @@ class TiledEngine(InferenceEngine, ABC):
         self.tile = tile
         self.memory_budget = memory_budget
         self.max_memory = parse_memory_size(max_memory)
+        self.last_plan = "whole"
         self.last_tile = 0
+        # The single pass's maps kept in memory (None: all) and the bytes of the others in a temporary file, as the
+        # last `single_pass_fits` planned them.
+        self.last_spill: tuple[frozenset[str] | None, int] = (None, 0)
         self._single_pass = None
 
     @abstractmethod
@@ -154,6 +158,43 @@ class TiledEngine(InferenceEngine, ABC):
         workers = torch.get_num_threads() if self.device.type == "cpu" else 1
         side = min(tile, max(height, width)) + 2 * plan.halo
         return int(height * width * plan.bytes_per_pixel) + workers * side * side * self.bytes_per_pixel()
+
+    def single_pass_fits(self, height: int, width: int, tile: int, budget: int) -> bool:
+        """Whether a single pass in `tile` px tiles fits `budget` bytes, and how (`last_spill`): all its maps in
+        memory, or, on the CPU, those `rainkit.tiling.maps_in_memory` chooses with the others in a temporary file
+        (`rainkit.tiling.SpilledMap`; the system's temporary directory must have room for them)."""
+        import shutil
+        import tempfile
+
+        from rainkit.tiling import maps_in_memory
+
+        need = self.single_pass_bytes(height, width, tile)
+        if need <= budget:
+            self.last_spill = (None, 0)
+            return True
+        if self.device.type != "cpu":
+            return False
+        plan = self.single_pass_plan()
+        tiles = need - int(height * width * plan.bytes_per_pixel)
+        kept, spilled = maps_in_memory(plan, height * width, budget - tiles)
+        outputs = height * width * max((sum(plan.map_bytes[name] for name in alive if name in plan.exact)
+                                        for alive in plan.alive), default=0)
+        if tiles + outputs > budget or shutil.disk_usage(tempfile.gettempdir()).free < spilled + (256 << 20):
+            return False
+        self.last_spill = (kept, spilled)
+        return True
+
+    def plan_line(self) -> str:
+        """The last image's tiling for progress lines, e.g. "tiles of 256 px, single pass, 2.9 GiB of maps in a
+        temporary file (under 3.0 GiB)"."""
+        line = f"tiles of {self.last_tile} px, {'2 passes' if self.last_plan == 'two-pass' else 'single pass'}"
+        spilled = self.last_spill[1]
+        if self.last_plan == "single-pass" and spilled:
+            size = f"{spilled / 2**30:.1f} GiB" if spilled >= 1 << 30 else f"{spilled / 2**20:.1f} MiB"
+            line += f", {size} of maps in a temporary file"
+        if self.max_memory:
+            line += f" (under {self.max_memory / 2**30:.1f} GiB)"
+        return line
 
     def working_budget(self, height: int, width: int) -> int | None:
         """Bytes the network may use on this image: `memory_budget`, or what `max_memory` leaves."""

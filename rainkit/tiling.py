@@ -21,7 +21,11 @@ forward's, up to floating-point summation order and the rounding of the stored m
 convolution runs on tile-sized data (on the CPU one tile per core, a thread each). SAPNet and
 PReNet give their program (`RecurrentDerainNet.tile_sweeps`), TPSeNCE's generator its own
 (`ResnetGenerator.tile_sweeps`: one sweep per instance norm); `plan_single_pass` counts a
-program's sweeps and its buffers' bytes per image pixel for the memory budget.
+program's sweeps and its buffers' bytes per image pixel for the memory budget. When the buffers do not
+fit the memory a process may take (a 12 MP photo under `--max-memory 3G`), `maps_in_memory` chooses the
+maps a sweep touches most to keep in memory and the rest live in an unlinked temporary file (`SpilledMap`),
+read and written a tile at a time: the pass stays exact and single, at the cost of copies through the kernel's
+page cache.
 
 The second, `run_tiled`, runs the whole network per tile (with a halo of context) in two phases,
 for the derainer when the single pass's buffers do not fit its memory budget:
@@ -37,6 +41,7 @@ Also here: the memory-based choice of the tile size (`tile_for_budget`).
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -258,7 +263,14 @@ class SinglePassPlan:
     sweeps: int  # passes over the tiles
     bytes_per_pixel: float  # the program's whole-image buffers at their peak, per image pixel
     halo: int  # the largest halo of a sweep, in image pixels, as run (rounded up to the sweep's strides)
-    stride: int  # the coarsest buffer stride: tile edges fall on its multiples, and the image's sides must
+    stride: int  # the coarsest buffer stride: tile edges fall on its multiples, and the image's sides must be
+    # multiples of it.
+    # For `maps_in_memory`: each map's bytes per image pixel, how many sweeps read or write it, and the maps alive
+    # in each sweep (the ones it touches and the ones kept for later sweeps).
+    map_bytes: dict = field(default_factory=dict)
+    accesses: dict = field(default_factory=dict)
+    alive: tuple = ()
+    exact: frozenset = frozenset()  # the maps kept in float32 whatever the storage
 
 
 def _sweep_halo(sweep: Sweep, strides: dict[str, int]) -> int:
@@ -277,11 +289,15 @@ def plan_single_pass(program: Callable[[], SweepProgram], storage: torch.dtype,
                      device: torch.device | str = "cpu") -> SinglePassPlan:
     """Walk a program (`program()` makes it) without computing, zero statistics on `device` standing in for the
     whole image's: its sweep count, the peak bytes per image pixel of the buffers it allocates (a map at stride s
-    counts 1 / s^2 of its bytes per pixel; the inputs it is given are not counted), its largest halo and its
-    coarsest stride."""
+    counts 1 / s^2 of its bytes per pixel; the inputs it is given are not counted), its largest halo, its
+    coarsest stride, and for `maps_in_memory` each map's size, uses and lifetime."""
     item = torch.empty((), dtype=storage).element_size()
     live: dict[str, float] = {}
     strides: dict[str, int] = {}
+    map_bytes: dict[str, float] = {}
+    accesses: dict[str, int] = {}
+    alive: list[frozenset[str]] = []
+    exact: set[str] = set()
     peak = 0.0
     sweeps = halo = 0
     coarsest = 1
@@ -293,12 +309,34 @@ def plan_single_pass(program: Callable[[], SweepProgram], storage: torch.dtype,
         for name, channels in sweep.writes.items():
             strides[name] = stride = sweep.strides.get(name, 1)
             coarsest = max(coarsest, stride)
-            live[name] = channels * (4 if name in sweep.exact else item) / stride ** 2
+            live[name] = map_bytes[name] = channels * (4 if name in sweep.exact else item) / stride ** 2
+        exact.update(sweep.exact)
+        for name in set(sweep.reads) | set(sweep.writes):
+            accesses[name] = accesses.get(name, 0) + 1
+        alive.append(frozenset(live))
         peak = max(peak, sum(live.values()))
         for name in sweep.frees:
             live.pop(name, None)
         sweep, _ = _advance(steps, _statistics_stand_ins(sweep, device))
-    return SinglePassPlan(sweeps, peak, halo, coarsest)
+    return SinglePassPlan(sweeps, peak, halo, coarsest, map_bytes, accesses, tuple(alive), frozenset(exact))
+
+
+def maps_in_memory(plan: SinglePassPlan, pixels: int, memory: int) -> tuple[frozenset[str], int]:
+    """Which of a single pass's maps to keep in memory when `memory` bytes must hold them for an image of `pixels`
+    pixels: (the names kept, the peak bytes of the others, which `run_single_pass` keeps in a temporary file).
+
+    The float32 ("exact") maps, the program's outputs, are always kept. Of the others, the maps the most sweeps
+    read or write come first (for SAPNet the residual blocks' y1 and y2, touched by 10 sweeps a stage, before the
+    block inputs, c and h), each kept when the peak of the kept maps alive together still fits."""
+    kept = set(plan.exact)
+
+    def peak(names: set[str]) -> float:
+        return max((sum(plan.map_bytes[name] for name in alive if name in names) for alive in plan.alive), default=0.0)
+
+    for name in sorted(set(plan.map_bytes) - kept, key=lambda name: (-plan.accesses[name], plan.map_bytes[name], name)):
+        if peak(kept | {name}) * pixels <= memory:
+            kept.add(name)
+    return frozenset(kept), int(peak(set(plan.map_bytes) - kept) * pixels)
 
 
 def _advance(steps: SweepProgram, statistics: dict) -> tuple[Sweep | None, str | None]:
@@ -337,9 +375,59 @@ def _channel_moments(piece: torch.Tensor, rows: int = 4) -> torch.Tensor:
     return torch.stack((first + count * c, second + 2 * c * first + count * c * c))
 
 
+class SpilledMap:
+    """A whole-image map (1, C, H, W) of a single pass kept in an unlinked temporary file instead of memory
+    (`run_single_pass`'s `in_memory`).
+
+    The file holds the map's pixels row by row, channels innermost (the NHWC order of the channels-last maps in
+    memory), and a tile reads or writes its rows with positional I/O, which is safe from several threads. The
+    process's resident memory holds only tiles; the file's pages sit in the kernel's page cache, which can write
+    them to disk when memory is short. The file has no name, so nothing is left behind, even by a killed process.
+    """
+
+    def __init__(self, shape: tuple[int, int, int, int], dtype: torch.dtype, directory: str | None = None) -> None:
+        import tempfile
+
+        self.shape, self.dtype = shape, dtype
+        self.directory = directory or tempfile.gettempdir()
+        _, channels, height, width = shape
+        self._pixel_bytes = channels * torch.empty((), dtype=dtype).element_size()
+        self._row_bytes = width * self._pixel_bytes
+        self._file = tempfile.TemporaryFile(dir=directory)
+        self._fd = self._file.fileno()
+        os.ftruncate(self._fd, height * self._row_bytes)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def _rows(self, pixels: torch.Tensor, y0: int, x0: int):
+        """(row's bytes as a writable numpy view, its offset in the file) for each row of an (h, w, C) array."""
+        raw = pixels.view(torch.uint8).numpy().reshape(pixels.shape[0], -1)
+        for row in range(raw.shape[0]):
+            yield raw[row], (y0 + row) * self._row_bytes + x0 * self._pixel_bytes
+
+    def read(self, region: tuple[int, int, int, int]) -> torch.Tensor:
+        """The map over `region` (y0, y1, x0, x1): a new (1, C, h, w) channels-last tensor of the map's dtype."""
+        y0, y1, x0, x1 = region
+        pixels = torch.empty((y1 - y0, x1 - x0, self.shape[1]), dtype=self.dtype)
+        for row, offset in self._rows(pixels, y0, x0):
+            if os.preadv(self._fd, [row], offset) != row.nbytes:
+                raise OSError(f"short read from the temporary file of a spilled map at byte {offset}")
+        return pixels[None].permute(0, 3, 1, 2)
+
+    def write(self, core: tuple[int, int, int, int], piece: torch.Tensor) -> None:
+        """Store `piece` (1, C, h, w) over `core` (y0, y1, x0, x1), converted to the map's dtype."""
+        y0, _, x0, _ = core
+        pixels = piece[0].permute(1, 2, 0).to(self.dtype).contiguous()
+        for row, offset in self._rows(pixels, y0, x0):
+            if os.pwritev(self._fd, [row], offset) != row.nbytes:
+                raise OSError(errno.ENOSPC, f"no room left in {self.directory} for the single pass's spilled maps")
+
+
 def run_single_pass(program: Callable[[], SweepProgram], inputs: dict[str, torch.Tensor], *, tile: int,
                     storage: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-                    workers: int | None = None, on_tile: Callable[[int, int], None] | None = None) -> torch.Tensor:
+                    workers: int | None = None, on_tile: Callable[[int, int], None] | None = None,
+                    in_memory: frozenset[str] | None = None, spill_dir: str | None = None) -> torch.Tensor:
     """Run a single-pass program (module doc; `program()` makes it) over tiles of about `tile` px; returns its
     output buffer, float32 on `device`.
 
@@ -353,6 +441,9 @@ def run_single_pass(program: Callable[[], SweepProgram], inputs: dict[str, torch
     one core: small convolutions split over cores spend more time waiting for each other than computing, the more
     so when other processes keep a core busy. The tiles run in the caller's grad, inference and autocast mode.
     `on_tile(done, total)` reports every tile of every sweep.
+
+    `in_memory` (CPU only; `maps_in_memory` chooses it) names the maps kept in memory; the others are `SpilledMap`s
+    in `spill_dir` (default: the system's temporary directory). None keeps all in memory.
     """
     device = torch.device(device)
     _, _, height, width = next(iter(inputs.values())).shape
@@ -371,25 +462,40 @@ def run_single_pass(program: Callable[[], SweepProgram], inputs: dict[str, torch
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
     autocast = (torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type))
 
-    def allocate(channels: int, dtype: torch.dtype, stride: int) -> torch.Tensor:
+    if in_memory is not None and device.type != "cpu":
+        raise ValueError("maps are spilled to a file only from the CPU")
+
+    def allocate(name: str, channels: int, dtype: torch.dtype, stride: int) -> torch.Tensor | SpilledMap:
         shape = (1, channels, height // stride, width // stride)
+        spilled = in_memory is not None and name not in in_memory
         for index, buffer in enumerate(spare):
-            if buffer.shape == shape and buffer.dtype == dtype:
+            if tuple(buffer.shape) == shape and buffer.dtype == dtype and isinstance(buffer, SpilledMap) == spilled:
                 return spare.pop(index)
         # None fits: the program has moved on to maps of another shape (another stride or width), and the spares
         # would hold their memory to the end (TPSeNCE's full-resolution maps through its whole trunk).
-        spare.clear()
+        release(spare)
+        if spilled:
+            return SpilledMap(shape, dtype, spill_dir)
         return torch.empty(shape, dtype=dtype, device=device, memory_format=torch.channels_last)
+
+    def release(maps: list) -> None:
+        for buffer in maps:
+            if isinstance(buffer, SpilledMap):
+                buffer.close()
+        maps.clear()
 
     def scaled(box: tuple[int, int, int, int], stride: int) -> tuple[int, int, int, int]:
         return tuple(edge // stride for edge in box)
 
     def load(name: str, region: tuple[int, int, int, int]) -> torch.Tensor:
         ry0, ry1, rx0, rx1 = scaled(region, strides[name])
-        view = buffers[name][:, :, ry0:ry1, rx0:rx1]
+        buffer = buffers[name]
         # Under autocast to the storage's own 16-bit type the maps stay in it, as in the whole-image forward: a
         # float32 copy would be converted back by every convolution (bf16 on the CPU: a third of the time in copies).
-        dtype = view.dtype if autocast[0] and view.dtype == autocast[1] else torch.float32
+        dtype = buffer.dtype if autocast[0] and buffer.dtype == autocast[1] else torch.float32
+        if isinstance(buffer, SpilledMap):
+            return buffer.read((ry0, ry1, rx0, rx1)).to(dtype)
+        view = buffer[:, :, ry0:ry1, rx0:rx1]
         copy = torch.empty(view.shape, dtype=dtype, device=device, memory_format=torch.channels_last)
         # Copied as the NHWC arrays both are (here and in the writes): twice as fast on the CPU as copying the
         # NCHW views.
@@ -417,17 +523,21 @@ def run_single_pass(program: Callable[[], SweepProgram], inputs: dict[str, torch
                 elif name in sweep.moments:
                     sums[name] = _channel_moments(piece)
                 cy0, cy1, cx0, cx1 = scaled(core, stride)
-                buffers[name][:, :, cy0:cy1, cx0:cx1].permute(0, 2, 3, 1).copy_(piece.permute(0, 2, 3, 1))
+                if isinstance(buffers[name], SpilledMap):
+                    buffers[name].write((cy0, cy1, cx0, cx1), piece)
+                else:
+                    buffers[name][:, :, cy0:cy1, cx0:cx1].permute(0, 2, 3, 1).copy_(piece.permute(0, 2, 3, 1))
         return sums
 
     def statistics(sweep: Sweep, totals: dict[str, torch.Tensor]) -> dict:
         sent = {}
         for name, summed in totals.items():
-            mean = summed[:1] / buffers[name][0, 0].numel()
+            count = buffers[name].shape[2] * buffers[name].shape[3]
+            mean = summed[:1] / count
             if name in sweep.pooled:
                 sent[name] = mean.float()
             else:
-                variance = (summed[1:] / buffers[name][0, 0].numel() - mean * mean).clamp_min(0)
+                variance = (summed[1:] / count - mean * mean).clamp_min(0)
                 sent[name] = (mean.float(), variance.float())
         return sent
 
@@ -441,7 +551,8 @@ def run_single_pass(program: Callable[[], SweepProgram], inputs: dict[str, torch
             for name, channels in sweep.writes.items():
                 if name not in buffers:
                     strides[name] = sweep.strides.get(name, 1)
-                    buffers[name] = allocate(channels, torch.float32 if name in sweep.exact else storage, strides[name])
+                    buffers[name] = allocate(name, channels, torch.float32 if name in sweep.exact else storage,
+                                             strides[name])
             totals = {name: torch.zeros(1 if name in sweep.pooled else 2, sweep.writes[name], dtype=torch.float64,
                                         device=device) for name in sweep.pooled + sweep.moments}
             tiles = (pool.map(run_tile, [sweep] * len(cores), [halo] * len(cores), cores) if pool is not None
@@ -459,10 +570,12 @@ def run_single_pass(program: Callable[[], SweepProgram], inputs: dict[str, torch
                 if name not in inputs:
                     spare.append(freed)
             sweep, result = _advance(steps, sent)
+        output = buffers.pop(result)
+        return output.read((0, height, 0, width)).float() if isinstance(output, SpilledMap) else output.float()
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    return buffers[result].float()
+        release(spare + list(buffers.values()))
 
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}

@@ -13,7 +13,8 @@ from rainkit.errors import RainkitError
 from rainkit.hub import create_model
 from rainkit.models.recurrent import PooledStats
 from rainkit.models.tpsence import ResnetGenerator, init_weights
-from rainkit.tiling import Sweep, TileBox, plan_single_pass, plan_tiles, run_single_pass, run_tiled, tile_cores
+from rainkit.tiling import (Sweep, TileBox, maps_in_memory, plan_single_pass, plan_tiles, run_single_pass, run_tiled,
+                            tile_cores)
 from tests.conftest import rainy_like
 import tests.tolerances as TOL
 
@@ -220,14 +221,71 @@ def test_single_pass_plan_counts_sweeps_halos_and_buffers():
     assert generator.halo == 8 and generator.bytes_per_pixel == (4 + 8) * 4
 
 
-def test_automatic_plan_is_whole_then_single_pass_then_two_passes():
+def test_spilled_maps_are_the_least_used_and_change_no_bit(tmp_path):
+    """Maps past the memory given live in an unlinked file: the output is the all-in-memory single pass's, bit for
+    bit (SAPNet, and TPSeNCE's generator with maps at 1/2 and 1/4 resolution), and no file is ever seen."""
+    plan = plan_single_pass(_model("sapnet").tile_sweeps, torch.float16)  # width 8, 2 stages
+    assert plan.accesses["y1"] == plan.accesses["y2"] == 2 * 2 * 2  # 2 sweeps a block, 2 blocks, 2 stages
+    assert plan.accesses["c"] == 2 and plan.accesses["h0"] == 4 and plan.exact == {"estimate"}
+    pixels = 100 * 100
+    # at the peak c, h, the second block's input and both convolutions' outputs: 5 maps of 8 fp16 channels
+    assert maps_in_memory(plan, pixels, 0) == (frozenset({"estimate"}), pixels * 5 * 8 * 2)
+    kept, spilled = maps_in_memory(plan, pixels, pixels * (3 * 4 + 2 * 8 * 2))
+    assert kept == {"estimate", "y1", "y2"} and spilled == pixels * 3 * 8 * 2  # c, h and the block input
+    assert maps_in_memory(plan, pixels, 10**9) == (frozenset(plan.map_bytes), 0)
+
+    seen = []
+    generator = init_weights(ResnetGenerator(ngf=4, n_blocks=2), 1.0).eval()
+    cases = [(_model("sapnet").tile_sweeps, _image_tensor(90, 110), torch.float16, 32),
+             (generator.tile_sweeps, F.pad(_image_tensor(70, 90) * 2 - 1, (0, 2, 0, 2), mode="reflect"),
+              torch.float32, 20)]
+    with torch.inference_mode():
+        for program, x, storage, tile in cases:
+            plan = plan_single_pass(program, storage)
+            memory = run_single_pass(program, {"image": x}, tile=tile, storage=storage, workers=2)
+            for allowed in (0, int(plan.bytes_per_pixel * x.shape[2] * x.shape[3] / 2)):
+                kept, spilled = maps_in_memory(plan, x.shape[2] * x.shape[3], allowed)
+                assert spilled > 0
+                out = run_single_pass(program, {"image": x}, tile=tile, storage=storage, workers=2, in_memory=kept,
+                                      spill_dir=str(tmp_path), on_tile=lambda *_: seen.append(len(list(tmp_path.iterdir()))))
+                assert torch.equal(out, memory)
+    assert seen and set(seen) == {0}
+
+
+def test_a_budget_the_maps_do_not_fit_spills_them_and_says_so(tmp_path, monkeypatch):
+    import cv2
+
+    from rainkit.derain import derain_files, plan_jobs
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # the tiles' memory counts one tile per thread
+    image = rainy_like(160, 200)
+    in_memory = Derainer(_model("sapnet"), "cpu", arch="sapnet", tiling="single-pass", tile=64)
+    # the maps take 92 B/px (2.9 MB at the peak), two threads' tiles 3.6 MB, the estimate (12 B/px) 0.4 MB: 1.4 MB
+    # are left for maps, y1 and y2 (16 B/px each)
+    spilling = Derainer(_model("sapnet"), "cpu", arch="sapnet", tile=64, memory_budget=5_000_000)
+    assert spilling.choose_plan(160, 200) == ("single-pass", 64)
+    kept, spilled = spilling.last_spill
+    assert kept == {"estimate", "y1", "y2"} and spilled == 160 * 200 * 3 * 16
+    assert np.array_equal(spilling.derain(image), in_memory.derain(image))
+    photo = tmp_path / "rainy.png"
+    cv2.imwrite(str(photo), (image * 255).astype(np.uint8))
+    plans = []
+    result = derain_files(spilling, plan_jobs([str(photo)], tmp_path / "out", fmt="png"),
+                          on_tile=lambda done, total, plan: plans.append(plan))
+    assert result.ok and set(plans) == {"tiles of 64 px, single pass, 1.5 MiB of maps in a temporary file"}
+
+
+def test_automatic_plan_is_whole_then_single_pass_then_two_passes(monkeypatch):
     # The tiny SAPNet on 1200 x 1600: whole 384 B/px = 737 MB, single pass 92 B/px = 177 MB and 26 MB per thread.
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     def plan(budget, **options):
         return Derainer(_model("sapnet"), "cpu", arch="sapnet", memory_budget=budget, **options).choose_plan(1200, 1600)
 
     assert plan(10**12) == ("whole", 0)
     assert plan(400 << 20) == ("single-pass", 256)
-    kind, tile = plan(100 << 20)
+    # 100 MB: the tiles (52 MB) and the estimate (23 MB) fit, the other maps go to a temporary file
+    assert plan(100 << 20) == ("single-pass", 256)
+    kind, tile = plan(60 << 20)
     assert kind == "two-pass" and 64 <= tile < 1200
     assert plan(10**12, tiling="two-pass") == ("whole", 0)
     assert plan(400 << 20, tiling="two-pass")[0] == "two-pass"

@@ -395,7 +395,7 @@ def test_tiled_generation_equals_the_whole_image_pass():
 
 def test_automatic_plan_is_the_single_pass_on_the_cpu_while_it_fits(monkeypatch):
     """The generator of ngf 8 on 1200 x 1600: whole 314 B/px = 603 MB; the single pass's float32 buffers 96 B/px =
-    184 MB, and 23 MB per thread (2 here)."""
+    184 MB at their peak, and 23 MB per thread (2 here)."""
     from rainkit.errors import RainkitError
     from rainkit.synth.tpsence import WeatherGenerator
 
@@ -412,9 +412,12 @@ def test_automatic_plan_is_the_single_pass_on_the_cpu_while_it_fits(monkeypatch)
     assert plan(10**12, tile=2000) == ("whole", 0)
     small = WeatherGenerator(_random_generator(), "cpu", memory_budget=10**12)
     assert small.choose_plan(200, 248) == ("whole", 0)  # one tile would cover it
+    # 100 MB: the tiles (46 MB) and the float32 output (23 MB) fit, the other maps go to a temporary file
+    spilling = WeatherGenerator(_random_generator(), "cpu", memory_budget=100 << 20)
+    assert spilling.choose_plan(1200, 1600) == ("single-pass", 256) and spilling.last_spill[1] > 0
     with pytest.raises(RainkitError, match="a 1600x1200 image needs 0.21 GiB to generate in tiles, more than the "
-                                           "0.10 GiB budget"):
-        plan(100 << 20)
+                                           "0.05 GiB budget"):
+        plan(50 << 20)
 
 
 def test_tile_local_statistics_would_show_seams():

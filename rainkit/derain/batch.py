@@ -46,11 +46,7 @@ def derain_files(
         return to_uint8(derainer.derain(rgb.astype(np.float32) / 255.0))
 
     def tile_progress(done: int, total: int) -> None:
-        passes = "single pass" if derainer.last_plan == "single-pass" else "2 passes"
-        plan = f"tiles of {derainer.last_tile} px, {passes}"
-        if getattr(derainer, "max_memory", None):
-            plan += f" (under {derainer.max_memory / 2**30:.1f} GiB)"
-        on_tile(done, total, plan)
+        on_tile(done, total, derainer.plan_line())
 
     def derain_one(job: Job) -> ItemResult:
         if is_video_name(job.source):

@@ -66,7 +66,6 @@ class Derainer(TiledEngine):
         if tiling not in TILINGS:
             raise ParameterError("tiling", f"'{tiling}' is not one of {', '.join(TILINGS)}")
         self.tiling = tiling
-        self.last_plan = "whole"
         # The heavy-rain weights an image is handed to when its rain strength exceeds the threshold (`use_heavy`).
         self.heavy: Derainer | None = None
         self.heavy_threshold = 0.0
@@ -108,19 +107,21 @@ class Derainer(TiledEngine):
 
     def choose_plan(self, height: int, width: int) -> tuple[str, int]:
         """(plan, tile side) for an image (class doc). Automatic: whole up to `WHOLE_UP_TO_PIXELS` when it fits,
-        else the single pass when its buffers fit the whole-image budget (`rainkit.tiling.memory_budgets`, or
-        what `max_memory` leaves), else the two-pass tiler's tiles for the budget."""
+        else the single pass when it fits the whole-image budget (`rainkit.tiling.memory_budgets`, or what
+        `max_memory` leaves), on the CPU with the maps that do not fit in a temporary file (`single_pass_fits`), else
+        the two-pass tiler's tiles for the budget."""
         if self.tile == 0 or (self.tile is not None and self.tile >= max(height, width)):
             return "whole", 0
         if self.tiling != "two-pass":
             tile = self.tile or SINGLE_PASS_TILE.get(self.device.type, SINGLE_PASS_TILE_OTHER)
             if self.tiling == "single-pass":
+                self.last_spill = (None, 0)
                 return "single-pass", tile
             whole_budget, _ = memory_budgets(self.working_budget(height, width), self.device)
             if (self.tile is None and height * width <= WHOLE_UP_TO_PIXELS
                     and height * width * self.bytes_per_pixel() <= whole_budget):
                 return "whole", 0
-            if self.single_pass_bytes(height, width, tile) <= whole_budget:
+            if self.single_pass_fits(height, width, tile, whole_budget):
                 return "single-pass", tile
         tile = self.choose_tile(height, width)
         return ("two-pass" if tile else "whole"), tile
@@ -161,7 +162,7 @@ class Derainer(TiledEngine):
         if plan == "single-pass":
             with torch.inference_mode(), self.autocast():
                 return run_single_pass(self.model.tile_sweeps, {"image": x}, tile=tile, storage=self.storage_dtype,
-                                       device=self.device, on_tile=on_tile).cpu()
+                                       device=self.device, on_tile=on_tile, in_memory=self.last_spill[0]).cpu()
         stats = PooledStats() if self.model.attention else None
         return run_tiled(self.forward_tile, x, tile=tile, halo=min(self.halo, self.model.receptive_radius()),
                          blend=self.blend, stats=stats, on_tile=on_tile)

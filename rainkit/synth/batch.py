@@ -185,10 +185,7 @@ def generate_paths(
     atomic_write_json(record_path, record)
     if generator is not None:
         def tile_progress(done: int, total: int) -> None:
-            plan = f"tiles of {generator.last_tile} px, single pass"
-            if generator.max_memory:
-                plan += f" (under {generator.max_memory / 2**30:.1f} GiB)"
-            on_tile(done, total, plan)
+            on_tile(done, total, generator.plan_line())
 
         def render(rgb: np.ndarray, name: str) -> np.ndarray:
             return generator.generate(rgb, on_tile=tile_progress if on_tile else None)

@@ -83,7 +83,6 @@ class WeatherGenerator(TiledEngine):
         if work_width < 0:
             raise RainkitError(f"work width must be 0 (native resolution) or a positive width, got {work_width}")
         self.work_width = int(work_width)
-        self.last_plan = "whole"
 
     @classmethod
     def prepare_model(cls, model: nn.Module, arch: str, device: torch.device) -> ResnetGenerator:
@@ -107,22 +106,24 @@ class WeatherGenerator(TiledEngine):
     def choose_plan(self, height: int, width: int) -> tuple[str, int]:
         """(plan, tile side) for a padded image (class doc). Automatic, against the whole-image budget
         (`rainkit.tiling.memory_budgets`, or what `max_memory` leaves): on the CPU the single pass when the image
-        spans more than one tile and its buffers fit (faster than the whole image there: module doc), else the
-        whole image when it fits, else the single pass when it fits; neither fitting is an error."""
+        spans more than one tile and it fits (faster than the whole image there: module doc; on the CPU maps that do not
+        fit go to a temporary file: `single_pass_fits`), else the whole image when it fits, else the single pass when
+        it fits; neither fitting is an error."""
         if self.tile == 0 or (self.tile is not None and self.tile >= max(height, width)):
             return "whole", 0
         tile = self.tile or SINGLE_PASS_TILE.get(self.device.type, SINGLE_PASS_TILE_OTHER)
         if self.tile is not None:
+            self.last_spill = (None, 0)
             return "single-pass", tile
         whole_budget, _ = memory_budgets(self.working_budget(height, width), self.device)
-        need = self.single_pass_bytes(height, width, tile)
-        single = tile < max(height, width) and need <= whole_budget
+        single = tile < max(height, width) and self.single_pass_fits(height, width, tile, whole_budget)
         if single and self.device.type == "cpu":
             return "single-pass", tile
         if height * width * self.bytes_per_pixel() <= whole_budget:
             return "whole", 0
         if single:
             return "single-pass", tile
+        need = self.single_pass_bytes(height, width, tile)
         raise RainkitError(f"a {width}x{height} image needs {need / 2**30:.2f} GiB to generate in tiles, more than "
                            f"the {whole_budget / 2**30:.2f} GiB budget (a larger --max-memory allows more)")
 
@@ -142,7 +143,8 @@ class WeatherGenerator(TiledEngine):
                 out = self.model(padded.to(self.device)).float().cpu()
             else:
                 out = run_single_pass(self.model.tile_sweeps, {"image": padded.to(self.device)}, tile=tile,
-                                      storage=self.storage_dtype, device=self.device, on_tile=on_tile).cpu()
+                                      storage=self.storage_dtype, device=self.device, on_tile=on_tile,
+                                      in_memory=self.last_spill[0]).cpu()
         return ((out[:, :, :height, :width] + 1.0) * 0.5).clamp_(0.0, 1.0)
 
     def generate(self, rgb: np.ndarray, on_tile: Callable[[int, int], None] | None = None) -> np.ndarray:
