@@ -275,6 +275,17 @@ def test_a_budget_the_maps_do_not_fit_spills_them_and_says_so(tmp_path, monkeypa
     assert result.ok and set(plans) == {"tiles of 64 px, single pass, 1.5 MiB of maps in a temporary file"}
 
 
+def test_no_room_for_spilled_maps_falls_back_to_two_passes(monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(1 << 30, 1 << 30, 1 << 20))  # 1 MiB free
+    derainer = Derainer(_model("sapnet"), "cpu", arch="sapnet", tile=64, memory_budget=5_000_000)
+    assert derainer.choose_plan(160, 200)[0] == "two-pass"
+
+
 def test_automatic_plan_is_whole_then_single_pass_then_two_passes(monkeypatch):
     # The tiny SAPNet on 1200 x 1600: whole 384 B/px = 737 MB, single pass 92 B/px = 177 MB and 26 MB per thread.
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
