@@ -14,8 +14,8 @@ official file is absent), after a small warm-up; the time is the best of `--repe
 
 Prints seconds and seconds per megapixel of wall time and of CPU time (user + system, all threads), the ratio of
 the `--measure`d s/MP to the first size's first variant's, the plan and tile used (and the single pass's maps kept
-in a temporary file, where they did not fit) and peak RSS (`ru_maxrss` of the fresh process). Large sizes take minutes on 2 cores: `--sizes` picks which. On a machine that other work
-keeps busy, wall times mostly measure the others: `--threads 1 --measure cpu` compares the work itself (one
+in a temporary file, where they did not fit) and peak RSS (`ru_maxrss` of the fresh process). Large sizes take
+minutes on 2 cores: `--sizes` picks which. On a machine that other work keeps busy, wall times mostly measure the others: `--threads 1 --measure cpu` compares the work itself (one
 thread: no time spent spinning at the barriers of a parallel convolution while the other core is taken).
 
     python bench/derain_scaling.py [--sizes 0.15,1,2,4,12] [--variants default,whole,single-pass,two-pass,cap]

@@ -166,7 +166,7 @@ class TiledEngine(InferenceEngine, ABC):
         import shutil
         import tempfile
 
-        from rainkit.tiling import maps_in_memory
+        from rainkit.tiling import maps_in_memory, peak_bytes
 
         need = self.single_pass_bytes(height, width, tile)
         if need <= budget:
@@ -177,8 +177,7 @@ class TiledEngine(InferenceEngine, ABC):
         plan = self.single_pass_plan()
         tiles = need - int(height * width * plan.bytes_per_pixel)
         kept, spilled = maps_in_memory(plan, height * width, budget - tiles)
-        outputs = height * width * max((sum(plan.map_bytes[name] for name in alive if name in plan.exact)
-                                        for alive in plan.alive), default=0)
+        outputs = height * width * peak_bytes(plan, plan.exact)
         if tiles + outputs > budget or shutil.disk_usage(tempfile.gettempdir()).free < spilled + (256 << 20):
             return False
         self.last_spill = (kept, spilled)

@@ -329,14 +329,15 @@ def maps_in_memory(plan: SinglePassPlan, pixels: int, memory: int) -> tuple[froz
     read or write come first (for SAPNet the residual blocks' y1 and y2, touched by 10 sweeps a stage, before the
     block inputs, c and h), each kept when the peak of the kept maps alive together still fits."""
     kept = set(plan.exact)
-
-    def peak(names: set[str]) -> float:
-        return max((sum(plan.map_bytes[name] for name in alive if name in names) for alive in plan.alive), default=0.0)
-
     for name in sorted(set(plan.map_bytes) - kept, key=lambda name: (-plan.accesses[name], plan.map_bytes[name], name)):
-        if peak(kept | {name}) * pixels <= memory:
+        if peak_bytes(plan, kept | {name}) * pixels <= memory:
             kept.add(name)
-    return frozenset(kept), int(peak(set(plan.map_bytes) - kept) * pixels)
+    return frozenset(kept), int(peak_bytes(plan, set(plan.map_bytes) - kept) * pixels)
+
+
+def peak_bytes(plan: SinglePassPlan, names: set[str] | frozenset[str]) -> float:
+    """The peak bytes per image pixel of the maps `names` alive together in the sweeps of `plan`."""
+    return max((sum(plan.map_bytes[name] for name in alive if name in names) for alive in plan.alive), default=0.0)
 
 
 def _advance(steps: SweepProgram, statistics: dict) -> tuple[Sweep | None, str | None]:
