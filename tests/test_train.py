@@ -179,6 +179,29 @@ def test_clean_fraction_leaves_that_share_of_samples_rain_free_and_keeps_other_r
         PatchDataset(_sources(), patch=24, patches_per_image=2, seed=0, synthesize_preset="light", clean_fraction=1.0)
 
 
+def test_scene_fraction_cuts_patches_from_the_whole_scene_scaled_to_the_patch():
+    sources = _sources()
+
+    def samples(**kwargs):
+        data = PatchDataset(sources, patch=24, patches_per_image=10, seed=0, synthesize_preset="light", **kwargs)
+        return [data.sample(i, 0) for i in range(len(data))]
+
+    def from_scene(index, clean):
+        # The 40x48 source scaled to 24x29: a patch of the whole scene is a horizontal window of it (maybe flipped).
+        scene = cv2.resize(sources[index % 3].clean, (29, 24), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+        windows = [scene[:, x:x + 24] for x in range(6)]
+        return any(np.array_equal(clean, w) or np.array_equal(clean, w[:, ::-1]) for w in windows)
+
+    scenes = samples(scene_fraction=1.0)
+    assert all(from_scene(i, clean) for i, (_, clean) in enumerate(scenes))
+    assert not any(from_scene(i, clean) for i, (_, clean) in enumerate(samples()))
+    half = samples(scene_fraction=0.5)
+    assert 0.2 < np.mean([from_scene(i, clean) for i, (_, clean) in enumerate(half)]) < 0.8
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(samples(), samples(scene_fraction=0.0)))
+    with pytest.raises(Exception, match="whole-scene"):
+        PatchDataset(sources, patch=24, patches_per_image=2, seed=0, synthesize_preset="light", scene_fraction=1.5)
+
+
 def test_train_command_end_to_end(tmp_path, monkeypatch):
     from rainkit.cli import main
 

@@ -71,6 +71,10 @@ class TrainConfig:
     # Synthesised rain: this share of samples is left rain-free (rainy = clean), so the network learns to leave
     # clean regions as they are instead of smoothing every texture it meets (not in the paper; 0 keeps it out).
     clean_fraction: float = 0.0
+    # This share of samples is cut from a copy of the image scaled so its short side is the patch: the patch then
+    # holds the whole scene, so the image-wide channel attention learns a veil against the scene it belongs to,
+    # as at inference (not in the paper; 0 keeps every patch at the photo's own scale).
+    scene_fraction: float = 0.0
     out: str = "runs/sapnet"
     vgg_weights: str | None = None
     lpips_weights: str | None = None

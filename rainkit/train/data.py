@@ -48,7 +48,7 @@ class PatchDataset:
 
     def __init__(self, sources: list[PatchSource], *, patch: int, patches_per_image: int, seed: int,
                  synthesize_preset: str | None = None, intensity: tuple[float, float] = (0.5, 0.5),
-                 jitter: float = 0.0, clean_fraction: float = 0.0):
+                 jitter: float = 0.0, clean_fraction: float = 0.0, scene_fraction: float = 0.0):
         if not sources:
             raise DatasetError("no training images")
         small = [s.name for s in sources if min(s.clean.shape[:2]) < patch]
@@ -69,6 +69,12 @@ class PatchDataset:
             raise DatasetError(
                 f"the share of rain-free samples must lie in 0..1 (exclusive of 1), got {clean_fraction}")
         self.clean_fraction = clean_fraction
+        if not 0.0 <= scene_fraction <= 1.0:
+            raise DatasetError(f"the share of whole-scene samples must lie in 0..1, got {scene_fraction}")
+        self.scene_fraction = scene_fraction
+        # Whole-scene copies: each image scaled so its short side is the patch, so that a patch cut from it
+        # holds the whole scene's height, as the image-wide channel attention sees at inference.
+        self.scenes = [_scene_copy(s, patch) for s in sources] if scene_fraction > 0 else []
 
     def rain_for(self, rng: np.random.Generator) -> RainParams:
         """The sample's rain: a preset of the mix at an intensity drawn from the range; with `jitter` > 0
@@ -94,6 +100,9 @@ class PatchDataset:
         """(rainy, clean) float32 patches, H x W x 3 in [0, 1]."""
         rng = sample_rng(self.seed, epoch, index)
         source = self.sources[index % len(self.sources)]
+        # Drawn only when asked for, so runs without whole-scene samples keep their random stream.
+        if self.scene_fraction > 0 and rng.random() < self.scene_fraction:
+            source = self.scenes[index % len(self.sources)]
         height, width = source.clean.shape[:2]
         p = self.patch
         if source.rainy is None:
@@ -126,6 +135,17 @@ class PatchDataset:
         rainy = torch.from_numpy(np.stack([p[0] for p in pairs]).transpose(0, 3, 1, 2).copy())
         clean = torch.from_numpy(np.stack([p[1] for p in pairs]).transpose(0, 3, 1, 2).copy())
         return rainy, clean
+
+
+def _scene_copy(source: PatchSource, patch: int) -> PatchSource:
+    height, width = source.clean.shape[:2]
+    scale = patch / min(height, width)
+    size = (max(patch, int(round(width * scale))), max(patch, int(round(height * scale))))
+
+    def scaled(image):
+        return None if image is None else cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+    return PatchSource(scaled(source.clean), scaled(source.rainy), source.name)
 
 
 class EpochBatches(torch.utils.data.Dataset):
@@ -293,7 +313,7 @@ def prepare_training_data(config) -> TrainingData:
     dataset = PatchDataset(train_sources, patch=config.patch, patches_per_image=config.patches_per_image,
                            seed=config.seed, synthesize_preset=config.synthesize,
                            intensity=tuple(config.intensity), jitter=config.jitter,
-                           clean_fraction=config.clean_fraction)
+                           clean_fraction=config.clean_fraction, scene_fraction=config.scene_fraction)
     val_pairs = []
     for source in val_sources:
         clean = _centre_crop(source.clean, config.val_max_side)
