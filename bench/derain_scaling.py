@@ -7,7 +7,7 @@ official file is absent), after a small warm-up; the time is the best of `--repe
   default      rainkit's automatic plan (whole up to 2 MP when it fits, else the single pass when it fits, else
                the two-pass tiler's tiles)
   whole        `tile=0`
-  single-pass  `tiling="single-pass"`: the exact single-pass tiler (`--tile`, default rainkit's 256 px)
+  single-pass  `tiling="single-pass"`: the exact single-pass tiler (`--tile`, default rainkit's 512 px)
   two-pass     `tiling="two-pass"` in the tiles the two-pass tiler takes for an image too large to run whole
                (its default 1.2 GB of working memory: 807 px for fp32), or `--tile`
   cap          `max_memory=--cap` (default 3G): under a cap on the whole process

@@ -293,18 +293,19 @@ def test_automatic_plan_is_whole_then_single_pass_then_two_passes(monkeypatch):
         return Derainer(_model("sapnet"), "cpu", arch="sapnet", memory_budget=budget, **options).choose_plan(1200, 1600)
 
     assert plan(10**12) == ("whole", 0)
-    assert plan(400 << 20) == ("single-pass", 256)
+    assert plan(400 << 20) == ("single-pass", 512)  # the maps (177 MB) and 512 px tiles fit in memory
+    assert plan(300 << 20) == ("single-pass", 256)  # 512 px tiles would not leave room for the maps; 256 px do
     # 100 MB: the tiles (52 MB) and the estimate (23 MB) fit, the other maps go to a temporary file
     assert plan(100 << 20) == ("single-pass", 256)
     kind, tile = plan(60 << 20)
     assert kind == "two-pass" and 64 <= tile < 1200
     assert plan(10**12, tiling="two-pass") == ("whole", 0)
     assert plan(400 << 20, tiling="two-pass")[0] == "two-pass"
-    assert plan(100 << 20, tiling="single-pass") == ("single-pass", 256)
+    assert plan(100 << 20, tiling="single-pass") == ("single-pass", 512)
     assert plan(10**12, tile=300) == ("single-pass", 300)
     assert plan(10**12, tile=0) == ("whole", 0)
     big = Derainer(_model("sapnet"), "cpu", arch="sapnet", memory_budget=10**12)
-    assert big.choose_plan(1500, 2000) == ("single-pass", 256)  # past 2 MP a single pass even where whole fits
+    assert big.choose_plan(1500, 2000) == ("single-pass", 512)  # past 2 MP a single pass even where whole fits
     with pytest.raises(RainkitError, match="tiling: 'three-pass' is not one of auto, single-pass, two-pass"):
         Derainer(_model("sapnet"), "cpu", tiling="three-pass")
 

@@ -30,11 +30,14 @@ _BYTES_PER_PIXEL_CHANNEL = 40
 # (`rainkit.tiling.run_single_pass`: exact, each layer once) or the two-pass one (`run_tiled`: a record sweep for
 # the CRA statistics, then the tiles with a halo of `halo` px).
 TILINGS = ("auto", "single-pass", "two-pass")
-# The single-pass tiler's tile side per device type. CPU: a 32-channel fp32 map of a 256 px tile is 8 MB (it stays
-# in the 32 MB L3 cache with its neighbours), and the halo costs at most (1 + 2 * 16 / 256)^2 = 1.27x for dilation 16
-# (1.06x over the whole network); 128 to 512 px measured alike within the noise of a shared machine (1 MP, official
-# SAPNet, bench/derain_scaling.py --tile). Other devices: large tiles, fewer kernel launches (not measured).
-SINGLE_PASS_TILE = {"cpu": 256}
+# The single-pass tiler's tile sides per device type, the preferred first. CPU: 512 px while every map fits in
+# memory, else 256 px, whose smaller working memory leaves more of the maps in memory under a cap. A 32-channel map of a
+# 512 px tile is 16 MB in fp32 (256 px: 8 MB), and the halo costs at most (1 + 2 * 16 / 512)^2 = 1.13x for dilation 16
+# (256 px: 1.27x). Measured 2026-12-03 (official SAPNet, a real photo at 2432x1664, 2 cores, in one process,
+# alternating): bf16 512 px faster than 256 in 5 of 5 pairs (median 34.7 s against 41.3),
+# fp32 in 2 of 2 (59.4 and 64.4 s against 63.8 and 71.0), outputs within 1 grey level; 832 px slower again (44 s).
+# Other devices: large tiles, fewer kernel launches (not measured).
+SINGLE_PASS_TILES = {"cpu": (512, 256)}
 SINGLE_PASS_TILE_OTHER = 1024
 # Images of up to this many pixels run whole when they fit: a whole image costs 7.6 s/MP at 1 MP but 12.0 at 4 MP
 # (2 idle cores, README Speed); bench/derain_scaling.py --repeat 2 on idle cores: 0.15 MP whole 7.09 s/MP, single
@@ -113,16 +116,21 @@ class Derainer(TiledEngine):
         if self.tile == 0 or (self.tile is not None and self.tile >= max(height, width)):
             return "whole", 0
         if self.tiling != "two-pass":
-            tile = self.tile or SINGLE_PASS_TILE.get(self.device.type, SINGLE_PASS_TILE_OTHER)
+            sides = (self.tile,) if self.tile else SINGLE_PASS_TILES.get(self.device.type, (SINGLE_PASS_TILE_OTHER,))
             if self.tiling == "single-pass":
                 self.last_spill = (None, 0)
-                return "single-pass", tile
+                return "single-pass", sides[0]
             whole_budget, _ = memory_budgets(self.working_budget(height, width), self.device)
             if (self.tile is None and height * width <= WHOLE_UP_TO_PIXELS
                     and height * width * self.bytes_per_pixel() <= whole_budget):
                 return "whole", 0
-            if self.single_pass_fits(height, width, tile, whole_budget):
-                return "single-pass", tile
+            # The preferred side while all the maps fit in memory; else the side that keeps the most of them there.
+            for tile in sides[:-1]:
+                if self.single_pass_bytes(height, width, tile) <= whole_budget:
+                    self.last_spill = (None, 0)
+                    return "single-pass", tile
+            if self.single_pass_fits(height, width, sides[-1], whole_budget):
+                return "single-pass", sides[-1]
         tile = self.choose_tile(height, width)
         return ("two-pass" if tile else "whole"), tile
 
