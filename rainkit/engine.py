@@ -159,10 +159,10 @@ class TiledEngine(InferenceEngine, ABC):
         side = min(tile, max(height, width)) + 2 * plan.halo
         return int(height * width * plan.bytes_per_pixel) + workers * side * side * self.bytes_per_pixel()
 
-    def single_pass_fits(self, height: int, width: int, tile: int, budget: int) -> bool:
+    def single_pass_fits(self, height: int, width: int, tile: int, budget: int, spill: bool = True) -> bool:
         """Whether a single pass in `tile` px tiles fits `budget` bytes, and how (`last_spill`): all its maps in
-        memory, or, on the CPU, those `rainkit.tiling.maps_in_memory` chooses with the others in a temporary file
-        (`rainkit.tiling.SpilledMap`; the system's temporary directory must have room for them)."""
+        memory, or, on the CPU and with `spill`, those `rainkit.tiling.maps_in_memory` chooses with the others in a
+        temporary file (`rainkit.tiling.SpilledMap`; the system's temporary directory must have room for them)."""
         import shutil
         import tempfile
 
@@ -172,7 +172,7 @@ class TiledEngine(InferenceEngine, ABC):
         if need <= budget:
             self.last_spill = (None, 0)
             return True
-        if self.device.type != "cpu":
+        if not spill or self.device.type != "cpu":
             return False
         plan = self.single_pass_plan()
         tiles = need - int(height * width * plan.bytes_per_pixel)

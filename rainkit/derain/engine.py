@@ -124,13 +124,11 @@ class Derainer(TiledEngine):
             if (self.tile is None and height * width <= WHOLE_UP_TO_PIXELS
                     and height * width * self.bytes_per_pixel() <= whole_budget):
                 return "whole", 0
-            # The preferred side while all the maps fit in memory; else the side that keeps the most of them there.
-            for tile in sides[:-1]:
-                if self.single_pass_bytes(height, width, tile) <= whole_budget:
-                    self.last_spill = (None, 0)
+            # The preferred side while all the maps fit in memory; only the last side, which keeps the most of them
+            # there, may send the others to a temporary file.
+            for index, tile in enumerate(sides):
+                if self.single_pass_fits(height, width, tile, whole_budget, spill=index == len(sides) - 1):
                     return "single-pass", tile
-            if self.single_pass_fits(height, width, sides[-1], whole_budget):
-                return "single-pass", sides[-1]
         tile = self.choose_tile(height, width)
         return ("two-pass" if tile else "whole"), tile
 
