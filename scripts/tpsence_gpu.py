@@ -33,8 +33,8 @@ together), which fills the GPU; the per-step costs that do not grow with the bat
 ~2,000 small launches, Adam, the loss read-back) are ~5% of such a step, so batch 64 would buy at most that
 much more image-steps and half the optimiser steps. Smaller crops would buy image-steps by showing D and the
 NCE layers less of each scene. An out-of-memory error in the layout probe halves the batch.
-The epoch is 10 passes over the 646 clear photos (6,460 samples, 201 steps of 32), and the schedule is the
-paper's in samples: 10 + 10 such epochs (= 100 + 100 of 646): a checkpoint, export and card every 40-60 s
+The epoch is 10 passes over the 554 training clear photos (5,540 samples, 173 steps of 32), and the schedule is the
+paper's in samples: 10 + 10 such epochs (= 100 + 100 of 554): a checkpoint, export and card every 35-50 s
 instead of every 5 s.
 
 Environment: OUT (default /tmp/tpsence-out), TPSENCE_TINY=1 (CPU rehearsal: ngf 8, 2 blocks, crop 64, batch 4,
@@ -385,7 +385,7 @@ def main() -> int:
         previous = json.loads((init / "generator.json").read_text()) if (init / "generator.json").is_file() else {}
     extra = [a for a in sys.argv[1:] if a != "--set"]
     overrides, plan = settings(tiny, manifest, previous, extra)
-    record["plan"] = {**plan, "overrides": overrides, "data": {k: manifest[k] for k in ("clear", "rain", "rain_held_out")},
+    record["plan"] = {**plan, "overrides": overrides, "data": {k: manifest.get(k) for k in ("clear", "rain", "clear_held_out", "rain_held_out")},
                       "prepared": manifest["settings"]}
     say(f"plan: {plan}")
 
@@ -405,7 +405,8 @@ def main() -> int:
             return 4
     clear, rain, clear_labels, rain_labels = load_data(manifest)
     say(f"data: {len(clear)} clear, {len(rain)} rainy photos with label maps "
-        f"({manifest['rain_held_out']} held-out rainy photos are not in the set)")
+        f"({manifest.get('clear_held_out')} held-out clear and {manifest['rain_held_out']} held-out rainy photos are not "
+        f"in the set)")
 
     record["layout_probe"] = probe(config, steps=2 if tiny else 4)
     config.memory_format = record["layout_probe"]["choice"]
@@ -435,6 +436,7 @@ def main() -> int:
                 f"nce {values.get('nce', 0):.3f} tps {values.get('tps', 0):.3f}")
 
     description = {"prepared": manifest["settings"], "clear_images": len(clear), "rainy_images": len(rain),
+                   "clear_held_out_excluded": manifest.get("clear_held_out"),
                    "rain_held_out_excluded": manifest["rain_held_out"], "labels": "ESPNet Cityscapes (espnet.cityscapes)",
                    "domain": "rain", "source": "weather/clear and weather/rain of ../shared/data"}
     t_train = time.monotonic()

@@ -2,8 +2,9 @@
 
     nice -n 19 python scripts/tpsence_prepare.py [--shared ../shared] [--out .tpsence-data]
 
-From `<shared>/data/weather/clear` (all 646 photos) and `<shared>/data/weather/rain` (the photos outside
-rainkit's held-out 15%, `rainkit.data.splits.split_held_out`: no training step may see the others) it writes,
+From `<shared>/data/weather/clear` and `<shared>/data/weather/rain`, the photos outside rainkit's held-out 15% of
+each (`rainkit.data.splits.split_held_out`: no training step may see the others; the generator's contact sheet and
+label agreement are measured on the held-out clear photos, the derainers' no-reference scores on the rainy ones), it writes,
 into the git-ignored folder `.tpsence-data/` at the repo root, the layout `rainkit train tpsence` reads:
 
     clear/<source>/<name>.jpg         rain/<source>/<name>.jpg
@@ -89,7 +90,7 @@ def prepare(args) -> dict:
     shared, out = Path(args.shared).resolve(), Path(args.out).resolve()
     weather = shared / "data" / "weather"
     settings = {"width": args.width, "crop": args.crop, "quality": args.quality, "labels": "espnet.cityscapes",
-                "held_out": "rainkit.data.splits.split_held_out (15% of weather/rain by name hash)"}
+                "held_out": "rainkit.data.splits.split_held_out (15% of weather/clear and of weather/rain by name hash)"}
     manifest_path = out / "manifest.json"
     if manifest_path.is_file():
         old = json.loads(manifest_path.read_text()).get("settings")
@@ -100,7 +101,8 @@ def prepare(args) -> dict:
     def images(folder: Path) -> list[Path]:
         return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
-    clear = images(weather / "clear")
+    clear_all = images(weather / "clear")
+    clear, clear_held = split_held_out(clear_all, weather / "clear")
     rain_all = images(weather / "rain")
     rain, held = split_held_out(rain_all, weather / "rain")
     if args.limit:
@@ -158,7 +160,7 @@ def prepare(args) -> dict:
                  f"delete {out} and prepare again")
     data = {d: folder_bytes(out / d) for d in ("clear", "rain", "labels", "weights")}
     manifest = {"settings": settings, "clear": len(clear), "rain": len(rain), "rain_held_out": len(held),
-                "rain_all": len(rain_all), "bytes": data, "source": str(weather),
+                "rain_all": len(rain_all), "clear_held_out": len(clear_held), "clear_all": len(clear_all), "bytes": data, "source": str(weather),
                 "layout": {"clear": "clear", "target": "rain", "seg_clear": "labels/clear", "seg_target": "labels/rain",
                            "sapnet_official": f"{SAPNET_OFFICIAL}/net_latest.pth"}}
     atomic_write_json(manifest_path, manifest)
@@ -195,8 +197,8 @@ def main() -> None:
     if not args.size_only:
         result = prepare(args)
         m, c = result["manifest"], result["counts"]
-        print(f"{m['clear']} clear and {m['rain']} rainy photos ({m['rain_held_out']} of {m['rain_all']} rainy held out, "
-              f"not written): {c['written']} written, {c['skipped']} already there, {c['seconds']} s")
+        print(f"{m['clear']} clear and {m['rain']} rainy photos ({m['clear_held_out']} of {m['clear_all']} clear and "
+              f"{m['rain_held_out']} of {m['rain_all']} rainy held out, not written): {c['written']} written, {c['skipped']} already there, {c['seconds']} s")
     report(Path(args.out).resolve())
 
 

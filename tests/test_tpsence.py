@@ -393,6 +393,56 @@ def test_tiled_generation_equals_the_whole_image_pass():
     assert steps == [(i, sweeps * 12) for i in range(1, sweeps * 12 + 1)]  # 76 x 100 padded: 3 x 4 tiles
 
 
+def test_residual_generator_starts_as_the_identity_learns_a_change_and_tiles_exactly(tmp_path):
+    """`residual`: input + change, clamped; the change's last convolution is zeroed by `init_generator`, so the
+    untrained generator returns its input; the first training step moves the zeroed layer (the gradient reaches the
+    others through it from then on);
+    the single pass adds the image back in its last sweep; the option travels with the exported file."""
+    from rainkit.hub import create_model, load_model
+    from rainkit.models.tpsence import init_generator
+    from rainkit.synth.tpsence import WeatherGenerator
+
+    torch.manual_seed(0)
+    generator = init_generator(ResnetGenerator(ngf=8, n_blocks=2, residual=True))
+    x = torch.rand(2, 3, 36, 44) * 2 - 1
+    assert torch.equal(generator(x), x)
+    with pytest.raises(ValueError, match="as many output channels"):
+        ResnetGenerator(output_nc=1, residual=True)
+
+    model = TPSeNCE(_tiny("residual=true", "sence=false"))
+    before = {k: v.clone() for k, v in model.generator.state_dict().items()}
+    x, y = _batch()
+    fake, idt = model.translate(x, y)
+    assert torch.allclose(fake, x) and torch.allclose(idt, y)
+    terms = model.generator_loss(x, y, fake, idt, None, _rngs(2, 1), _rngs(2, 2))
+    opt = torch.optim.Adam(model.generator.parameters(), lr=1e-3)
+    terms["g"].backward()
+    opt.step()
+    weights = [k for k in before if k.endswith("weight")]
+    assert all(not torch.equal(before[k], model.generator.state_dict()[k]) for k in weights[-1:])
+    fake, _ = model.translate(x, y)
+    assert 0 < (fake - x).abs().max() < 0.5  # no longer the identity
+
+    torch.manual_seed(3)
+    random = init_weights(ResnetGenerator(ngf=8, n_blocks=2, residual=True), 1.0).eval()
+    image = rainy_like(75, 98, seed=4)
+    whole = WeatherGenerator(random, torch.device("cpu"), tile=0).generate(image)
+    tiled = WeatherGenerator(random, torch.device("cpu"), tile=32).generate(image)
+    assert np.abs(tiled - whole).max() < TOL.SINGLE_PASS_FP32
+    plain = ResnetGenerator(ngf=8, n_blocks=2)
+    plain.load_state_dict(random.state_dict())
+    changed = WeatherGenerator(plain.eval(), torch.device("cpu"), tile=0).generate(image)
+    # the same layers, plus the input: the residual output is the plain one's tanh added to the image
+    assert np.allclose(whole, np.clip(image + (changed * 2 - 1) * 0.5, 0, 1), atol=1e-5)
+
+    from rainkit.hub.checkpoint import save_checkpoint
+
+    path = save_checkpoint(tmp_path / "g.safetensors", random, "tpsence", random.config)
+    loaded, _ = load_model("tpsence", str(path))
+    assert loaded.residual and torch.equal(loaded(x), random(x))
+    assert not create_model("tpsence", "tiny").residual
+
+
 def test_automatic_plan_is_the_single_pass_on_the_cpu_while_it_fits(monkeypatch):
     """The generator of ngf 8 on 1200 x 1600: whole 314 B/px = 603 MB; the single pass's float32 buffers 96 B/px =
     184 MB at their peak, and 23 MB per thread (2 here)."""

@@ -8,6 +8,10 @@
   3x3 convolution, IN, ReLU), reflect pad 3 + 7x7 convolution to 3 channels and tanh. Inputs and
   outputs are in [-1, 1]. Instance norm has no affine parameters and convolutions carry biases,
   as in CUT's `--normG instance`.
+  `residual=True` (off by default; a deviation from CUT and TPSeNCE, for short training runs) makes the
+  output the input plus that tanh, clamped to [-1, 1], with the last convolution zeroed at initialisation
+  (`init_generator`): the untrained generator is the identity, so training starts from the clear photo and
+  learns only the weather's change, instead of first learning to reproduce the photo.
 * `PatchDiscriminator`: the 70x70 PatchGAN (4x4 convolutions, LeakyReLU 0.2, instance norm,
   anti-aliased stride-2 steps as in CUT), one score per overlapping patch.
 * `PatchSampleMLP`: CUT's `PatchSampleF` (`--netF mlp_sample`): for every NCE layer, the features
@@ -90,12 +94,15 @@ class ResnetGenerator(nn.Module):
     """CUT's ResNet generator (`resnet_9blocks`, instance norm, anti-aliased), inputs/outputs in [-1, 1]."""
 
     def __init__(self, input_nc: int = 3, output_nc: int = 3, ngf: int = 64, n_blocks: int = 9,
-                 antialias: bool = True, antialias_up: bool = True):
+                 antialias: bool = True, antialias_up: bool = True, residual: bool = False):
         super().__init__()
         if ngf < 1 or n_blocks < 0:
             raise ValueError("ngf must be positive and n_blocks non-negative")
+        if residual and input_nc != output_nc:
+            raise ValueError("a residual generator needs as many output channels as input channels")
+        self.residual = bool(residual)
         self.config = dict(input_nc=input_nc, output_nc=output_nc, ngf=ngf, n_blocks=n_blocks,
-                           antialias=antialias, antialias_up=antialias_up)
+                           antialias=antialias, antialias_up=antialias_up, residual=self.residual)
         layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(input_nc, ngf, 7), nn.InstanceNorm2d(ngf),
                                    nn.ReLU(True)]
         for i in range(2):
@@ -118,7 +125,8 @@ class ResnetGenerator(nn.Module):
         self.model = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        out = self.model(x)
+        return (x + out).clamp(-1.0, 1.0) if self.residual else out
 
     def encode(self, x: torch.Tensor, layers: Sequence[int]) -> list[torch.Tensor]:
         """The outputs of `self.model[i]` for i in `layers` (CUT's `encode_only`); stops at the last one."""
@@ -169,7 +177,8 @@ class ResnetGenerator(nn.Module):
         """This generator's forward as a single-pass program (`rainkit.tiling.run_single_pass`), made of the modules
         `forward` runs.
 
-        It reads the buffer "image" (sides multiples of 4) and returns "output". The layers are cut at every
+        It reads the buffer "image" (sides multiples of 4; a residual generator reads it again in the last sweep,
+        to add the change to it) and returns "output". The layers are cut at every
         instance norm: sweep k runs up to the k-th norm and writes its input ("n<k>", at the stride it is computed
         at: the trunk at 1/4 resolution), whose whole-image mean and variance come back as `moments`; the next
         sweep normalises it with them as it reads it (pointwise, before any padding), then runs its own layers.
@@ -188,7 +197,7 @@ class ResnetGenerator(nn.Module):
             ops: list[tuple[str, nn.Module | str | None]] = []
             stack = [(name, False) for name, _, _ in open_skips]  # (name, pushed in this sweep)
             shapes = {name: (c, s) for name, c, s in open_skips}
-            reads, frees, halo = [source], [source], 0
+            reads, frees, halo = [source], [source] if source != "image" or not self.residual else [], 0
             for kind, module in steps[start:cut]:
                 if kind == "push":
                     name = f"skip{skips_made}"
@@ -212,10 +221,14 @@ class ResnetGenerator(nn.Module):
             open_skips = [(name, *shapes[name]) for name, _ in stack]
             last = cut == len(steps)
             target = "output" if last else f"n{number}"
+            if last and self.residual:
+                reads.append("image")
+                frees.append("image")
             writes = {target: channels, **{name: shapes[name][0] for name in kept}}
             strides = {target: stride, **{name: shapes[name][1] for name in kept}}
 
-            def run(t, source=source, opening=opening, ops=ops, target=target, kept=kept):
+            def run(t, source=source, opening=opening, ops=ops, target=target, kept=kept,
+                    add_image=last and self.residual):
                 x = t[source]
                 if opening is not None:
                     norm, mean, var = opening
@@ -228,6 +241,8 @@ class ResnetGenerator(nn.Module):
                         x = (local.pop(op) if op in local else t[op]) + x
                     else:
                         x = op(x)
+                if add_image:
+                    x = (t["image"] + x).clamp(-1.0, 1.0)
                 return {target: x, **{name: local[name] for name in kept}}
 
             sweep = Sweep(tuple(reads), writes, run, halo=halo, moments=() if last else (target,), strides=strides,
@@ -313,6 +328,16 @@ class PatchSampleMLP(nn.Module):
         return out
 
 
+def init_generator(generator: ResnetGenerator, gain: float = 0.02) -> ResnetGenerator:
+    """`init_weights`, and for a residual generator its last convolution zeroed: the identity at initialisation."""
+    init_weights(generator, gain)
+    if generator.residual:
+        last = [m for m in generator.model if isinstance(m, nn.Conv2d)][-1]
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+    return generator
+
+
 def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:
     """CUT's `--init_type xavier --init_gain 0.02`: Xavier-normal conv/linear weights, zero biases."""
     for module in net.modules():
@@ -330,5 +355,5 @@ def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:
     variants={"tiny": {"ngf": 8, "n_blocks": 2}},
 )
 def tpsence(input_nc: int = 3, output_nc: int = 3, ngf: int = 64, n_blocks: int = 9, antialias: bool = True,
-            antialias_up: bool = True) -> ResnetGenerator:
-    return ResnetGenerator(input_nc, output_nc, ngf, n_blocks, antialias, antialias_up)
+            antialias_up: bool = True, residual: bool = False) -> ResnetGenerator:
+    return ResnetGenerator(input_nc, output_nc, ngf, n_blocks, antialias, antialias_up, residual)

@@ -30,6 +30,9 @@ class TPSeNCEConfig:
     n_layers_d: int = 3
     antialias: bool = True
     antialias_up: bool = True
+    # Generator output = input + the learned change, identity at initialisation (rainkit.models.tpsence): a
+    # deviation from CUT/TPSeNCE, off by default, for runs too short to learn to reproduce the photo first.
+    residual: bool = False
     init_gain: float = 0.02  # Xavier-normal gain
     netf_nc: int = 256  # MLP head output channels
 
@@ -87,7 +90,7 @@ class TPSeNCEConfig:
 
     def generator_kwargs(self) -> dict[str, Any]:
         return {"ngf": self.ngf, "n_blocks": self.n_blocks, "antialias": self.antialias,
-                "antialias_up": self.antialias_up}
+                "antialias_up": self.antialias_up, "residual": self.residual}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -30,7 +30,7 @@ from torch import nn
 
 from rainkit.errors import RainkitError
 from rainkit.losses.tpsence import lsgan_loss, sence_loss, tps_loss
-from rainkit.models.tpsence import PatchDiscriminator, PatchSampleMLP, ResnetGenerator, init_weights
+from rainkit.models.tpsence import PatchDiscriminator, PatchSampleMLP, ResnetGenerator, init_generator, init_weights
 from rainkit.train.tpsence_config import TPSeNCEConfig
 
 
@@ -38,9 +38,7 @@ class TPSeNCE(nn.Module):
     def __init__(self, config: TPSeNCEConfig):
         super().__init__()
         self.config = config
-        self.generator = init_weights(ResnetGenerator(ngf=config.ngf, n_blocks=config.n_blocks,
-                                                      antialias=config.antialias,
-                                                      antialias_up=config.antialias_up), config.init_gain)
+        self.generator = init_generator(ResnetGenerator(**config.generator_kwargs()), config.init_gain)
         self.discriminator = init_weights(PatchDiscriminator(ndf=config.ndf, n_layers=config.n_layers_d,
                                                              antialias=config.antialias), config.init_gain)
         self.nce_layers = [int(i) for i in config.nce_layers]
