@@ -92,14 +92,12 @@ def detect_study(root: Path, model: str) -> dict:
 
 def contact_sheet(root: Path, models: list[str], path: Path, rows: int = 8, width: int = 320) -> None:
     """`rows` held-out real rainy photos (the first by name hash, so the choice is fixed), each model beside the input."""
-    import cv2
     import numpy as np
 
-    from rainkit.benchmark.runner import _label_band
+    from rainkit.benchmark.runner import write_contact_sheet
     from rainkit.data.images import read_image, to_uint8
     from rainkit.data.splits import hash_fraction
     from rainkit.derain.engine import load_derainer
-    from rainkit.io.atomic import atomic_write_bytes
 
     pairs = sorted(held_out_rain(root).pairs, key=lambda p: hash_fraction(f"sheet:{p.id}"))[:rows]
     photos = [read_image(p.rainy).rgb for p in pairs]
@@ -111,23 +109,8 @@ def contact_sheet(root: Path, models: list[str], path: Path, rows: int = 8, widt
         derainer = load_derainer(arch, weights, device="cpu")
         columns.append((weights if len(weights) < 40 else Path(weights).name,
                         [to_uint8(np.clip(derainer.derain(photo), 0, 1)) for photo in photos]))
-    lines = []
-    for row in range(len(photos)):
-        cells = []
-        for label, images in columns:
-            image = images[row]
-            small = cv2.resize(image, (width, round(image.shape[0] * width / image.shape[1])), interpolation=cv2.INTER_AREA)
-            cells.append(np.concatenate([_label_band(pairs[row].id if not cells else label, width), small]))
-        height = max(c.shape[0] for c in cells)
-        lines.append(np.concatenate([np.pad(c, ((0, height - c.shape[0]), (0, 4), (0, 0)), constant_values=255)
-                                     for c in cells], axis=1))
-    full = max(line.shape[1] for line in lines)
-    sheet = np.concatenate([np.pad(line, ((0, 4), (0, full - line.shape[1]), (0, 0)), constant_values=255)
-                            for line in lines])
-    jpeg = path.suffix.lower() in (".jpg", ".jpeg")
-    ok, encoded = cv2.imencode(".jpg" if jpeg else ".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR),
-                               [cv2.IMWRITE_JPEG_QUALITY, 90] if jpeg else [])
-    atomic_write_bytes(path, encoded.tobytes())
+    write_contact_sheet(path, [[(pairs[row].id if not i else label, images[row])
+                                for i, (label, images) in enumerate(columns)] for row in range(len(photos))], width)
     print(f"\ncontact sheet: {path} ({len(photos)} held-out photos: {', '.join(p.id for p in pairs)})")
 
 

@@ -64,11 +64,11 @@ def main() -> None:
     import cv2
     import numpy as np
 
-    from rainkit.benchmark.runner import _label_band
+    from rainkit.benchmark.runner import write_contact_sheet
     from rainkit.data.images import read_image, to_uint8
     from rainkit.data.splits import hash_fraction
     from rainkit.hub import load_model
-    from rainkit.io.atomic import atomic_write_bytes, atomic_write_json
+    from rainkit.io.atomic import atomic_write_json
     from rainkit.models.espnet import Segmenter
     from rainkit.synth.physics import image_seed, synthesize
     from rainkit.synth.tpsence import load_generator
@@ -121,29 +121,17 @@ def main() -> None:
         for path in rain:
             labels = segmenter.segment(read_image(path).rgb)
             grids.append(cv2.resize(labels, GRID, interpolation=cv2.INTER_NEAREST))
-        lines, width = [], 320
+        lines = []
         for name in sorted(kept, key=lambda n: hash_fraction(f"sheet:{n}")):
             item = kept[name]
             grid = cv2.resize(item["labels"], GRID, interpolation=cv2.INTER_NEAREST)
             best = int(np.argmax([(g == grid).mean() for g in grids]))
-            real = read_image(rain[best]).rgb
-            cells = []
-            for label, image in (("clear " + name, item["clear"]), ("TPSeNCE", item["tpsence"]),
-                                 (f"physics {args.preset}", item["physics"]),
-                                 ("real rain " + rain[best].relative_to(weather / "rain").as_posix(), real)):
-                image = to_uint8(image)
-                small = cv2.resize(image, (width, round(image.shape[0] * width / image.shape[1])),
-                                   interpolation=cv2.INTER_AREA)
-                cells.append(np.concatenate([_label_band(label, width), small]))
-            height = max(c.shape[0] for c in cells)
-            lines.append(np.concatenate([np.pad(c, ((0, height - c.shape[0]), (0, 4), (0, 0)), constant_values=255)
-                                         for c in cells], axis=1))
-            result.setdefault("sheet", []).append({"clear": name, "real": rain[best].relative_to(weather / "rain").as_posix()})
-        full = max(line.shape[1] for line in lines)
-        sheet = np.concatenate([np.pad(line, ((0, 4), (0, full - line.shape[1]), (0, 0)), constant_values=255)
-                                for line in lines])
-        ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 88])
-        atomic_write_bytes(args.sheet, encoded.tobytes())
+            real_name = rain[best].relative_to(weather / "rain").as_posix()
+            lines.append([(label, to_uint8(image)) for label, image in (
+                ("clear " + name, item["clear"]), ("TPSeNCE", item["tpsence"]),
+                (f"physics {args.preset}", item["physics"]), ("real rain " + real_name, read_image(rain[best]).rgb))])
+            result.setdefault("sheet", []).append({"clear": name, "real": real_name})
+        write_contact_sheet(args.sheet, lines, quality=88)
         print(f"contact sheet: {args.sheet}")
     if args.json:
         atomic_write_json(args.json, result)

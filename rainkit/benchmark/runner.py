@@ -450,6 +450,38 @@ def _label_band(text: str, width: int) -> np.ndarray:
     return band
 
 
+def contact_sheet(rows: list[list[tuple[str, np.ndarray]]], width: int = 320) -> np.ndarray:
+    """One image of labelled cells: each row's (label, H x W x 3 uint8 RGB) cells scaled to `width` px wide, side by
+    side with 4 px white gaps, rows padded to their tallest cell and stacked with 4 px gaps."""
+    import cv2
+
+    lines = []
+    for row in rows:
+        cells = [np.concatenate([_label_band(label, width),
+                                 cv2.resize(image, (width, round(image.shape[0] * width / image.shape[1])),
+                                            interpolation=cv2.INTER_AREA)]) for label, image in row]
+        height = max(c.shape[0] for c in cells)
+        lines.append(np.concatenate([np.pad(c, ((0, height - c.shape[0]), (0, 4), (0, 0)), constant_values=255)
+                                     for c in cells], axis=1))
+    full = max(line.shape[1] for line in lines)
+    return np.concatenate([np.pad(line, ((0, 4), (0, full - line.shape[1]), (0, 0)), constant_values=255)
+                           for line in lines])
+
+
+def write_contact_sheet(path: Path, rows: list[list[tuple[str, np.ndarray]]], width: int = 320,
+                        quality: int = 90) -> Path:
+    """`contact_sheet`, written atomically: JPEG at `quality` for a .jpg/.jpeg path, else PNG."""
+    import cv2
+
+    sheet = cv2.cvtColor(contact_sheet(rows, width), cv2.COLOR_RGB2BGR)
+    jpeg = Path(path).suffix.lower() in (".jpg", ".jpeg")
+    ok, encoded = cv2.imencode(".jpg" if jpeg else ".png", sheet, [cv2.IMWRITE_JPEG_QUALITY, quality] if jpeg else [])
+    if not ok:
+        raise RuntimeError(f"{path}: the contact sheet could not be encoded")
+    atomic_write_bytes(path, encoded.tobytes())
+    return Path(path)
+
+
 def write_grids(result: BenchmarkResult, save_dir: Path, count: int = 4) -> list[Path]:
     """Side-by-side PNGs `rainy | each model | clean` (with each model's PSNR-Y where scored) of the
     first `count` images, in `<save_dir>/grid/`."""
