@@ -394,7 +394,7 @@ def test_tiled_generation_equals_the_whole_image_pass():
 
 
 def test_residual_generator_starts_as_the_identity_learns_a_change_and_tiles_exactly(tmp_path):
-    """`residual`: input + change, clamped; the change's last convolution is zeroed by `init_generator`, so the
+    """`residual`: input + change, clamped in eval mode; the change's last convolution is zeroed by `init_generator`, so the
     untrained generator returns its input; the first training step moves the zeroed layer (the gradient reaches the
     others through it from then on);
     the single pass adds the image back in its last sweep; the option travels with the exported file."""
@@ -425,6 +425,18 @@ def test_residual_generator_starts_as_the_identity_learns_a_change_and_tiles_exa
 
     torch.manual_seed(3)
     random = init_weights(ResnetGenerator(ngf=8, n_blocks=2, residual=True), 1.0).eval()
+    # clamped in eval mode only: in training the overshoot of a bright input keeps its gradient
+    bright = torch.rand(1, 3, 16, 16) * 0.1 + 0.9
+    with torch.no_grad():
+        overshoot = bright + random.model(bright)
+    assert overshoot.max() > 1.2 and torch.equal(random(bright), overshoot.clamp(-1, 1))
+    random.train()
+    trained = random(bright)
+    assert torch.equal(trained.detach(), overshoot)
+    trained.clamp(min=1).sum().backward()
+    assert random.model[-2].weight.grad.abs().sum() > 0
+    random.zero_grad(set_to_none=True)
+    random.eval()
     image = rainy_like(75, 98, seed=4)
     whole = WeatherGenerator(random, torch.device("cpu"), tile=0).generate(image)
     tiled = WeatherGenerator(random, torch.device("cpu"), tile=32).generate(image)

@@ -9,9 +9,13 @@
   outputs are in [-1, 1]. Instance norm has no affine parameters and convolutions carry biases,
   as in CUT's `--normG instance`.
   `residual=True` (off by default; a deviation from CUT and TPSeNCE, for short training runs) makes the
-  output the input plus that tanh, clamped to [-1, 1], with the last convolution zeroed at initialisation
-  (`init_generator`): the untrained generator is the identity, so training starts from the clear photo and
-  learns only the weather's change, instead of first learning to reproduce the photo.
+  output the input plus that tanh, with the last convolution zeroed at initialisation (`init_generator`): the
+  untrained generator is the identity, so training starts from the clear photo and learns only the weather's
+  change, instead of first learning to reproduce the photo. The sum is clamped to [-1, 1] in eval mode (every
+  inference path) but not in training mode, where a clamp would have no gradient wherever input + change leaves
+  the range: there the change drifts unseen by every loss (a run clamped in training had a change of +0.69 on
+  average over pixels above 0.8, clipped away on bright skies and painted as colour blotches on the slightly
+  darker ones); unclamped, D and the NCE features see the overshoot and push it back.
 * `PatchDiscriminator`: the 70x70 PatchGAN (4x4 convolutions, LeakyReLU 0.2, instance norm,
   anti-aliased stride-2 steps as in CUT), one score per overlapping patch.
 * `PatchSampleMLP`: CUT's `PatchSampleF` (`--netF mlp_sample`): for every NCE layer, the features
@@ -126,7 +130,10 @@ class ResnetGenerator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(x)
-        return (x + out).clamp(-1.0, 1.0) if self.residual else out
+        if not self.residual:
+            return out
+        out = x + out
+        return out if self.training else out.clamp(-1.0, 1.0)  # why only in eval mode: the module docstring
 
     def encode(self, x: torch.Tensor, layers: Sequence[int]) -> list[torch.Tensor]:
         """The outputs of `self.model[i]` for i in `layers` (CUT's `encode_only`); stops at the last one."""
