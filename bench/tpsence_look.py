@@ -5,7 +5,9 @@ generator's rain (`--weights`, `--work-width` as `rainkit generate` takes them) 
 (`--preset`, seeded from the photo's name as `rainkit generate --method physics` seeds it) are segmented with ESPNet
 (Cityscapes), and each is scored by its pixel accuracy against the clear photo's own labels: how much of the scene
 the weather left recognisable. Also per method: the mean absolute change of the per-channel means (a colour cast
-shows there, in grey levels) and of the global contrast (standard deviation of the luma, grey levels).
+shows there, in grey levels), of the global contrast (standard deviation of the luma, grey levels), and the share
+of channel values the weather drove to 0 or 255 that were not there in the clear photo (blown highlights and
+crushed shadows: where a residual generator's change leaves the image range).
 
 `--sheet PATH`: 8 of the held-out clear photos (fixed by name hash), one row each: clear | TPSeNCE | physics |
 the held-out real rainy photo whose ESPNet layout is closest (the best pixel agreement of 32x24 label grids).
@@ -99,6 +101,7 @@ def main() -> None:
                 "label_agreement": float((segmenter.segment(image) == labels).mean()),
                 "channel_shift": float(np.abs(image.reshape(-1, 3).mean(0) - rgb.reshape(-1, 3).mean(0)).mean() * 255),
                 "contrast_change": float((luma(image).std() - luma(rgb).std()) * 255),
+                "clipped_added": float((np.isin(to_uint8(image), (0, 255)) & ~np.isin(to_uint8(rgb), (0, 255))).mean()),
             }
             if name in sheet_names:
                 kept.setdefault(name, {"clear": rgb, "labels": labels})[method] = image
@@ -106,12 +109,13 @@ def main() -> None:
         print(f"{name}: label agreement tpsence {row['tpsence']['label_agreement']:.3f}, "
               f"physics {row['physics']['label_agreement']:.3f}", flush=True)
     summary = {method: {key: float(np.mean([r[method][key] for r in rows]))
-                        for key in ("label_agreement", "channel_shift", "contrast_change")}
+                        for key in ("label_agreement", "channel_shift", "contrast_change", "clipped_added")}
                for method in ("tpsence", "physics")}
     print(f"\n{len(rows)} held-out clear photos, {time.perf_counter() - started:.0f} s")
     for method, values in summary.items():
         print(f"{method:8s} label agreement {values['label_agreement']:.4f}, channel-mean shift "
-              f"{values['channel_shift']:.2f} grey levels, luma contrast change {values['contrast_change']:+.2f}")
+              f"{values['channel_shift']:.2f} grey levels, luma contrast change {values['contrast_change']:+.2f}, "
+              f"values newly clipped {values['clipped_added']:.4f}")
     result = {"weights": args.weights, "work_width": args.work_width, "preset": args.preset,
               "generator": generator.describe(), "summary": summary, "photos": rows}
 

@@ -177,6 +177,21 @@ def test_epoch_offset_picks_the_schedule_up():
         _tiny("n_epochs=2", "n_epochs_decay=3", "epoch_offset=5")
 
 
+def test_a_continued_run_draws_the_schedule_epochs_samples(tmp_path):
+    """`epoch_offset` moves the draws too (sample order, crops, flips, NCE patches): a continued run's first epoch is
+    drawn as the schedule's epoch 1, not as the first session's epoch 0 again. Same initial weights, so the first
+    step's losses (taken before any update) differ only by the batch."""
+    from rainkit.train.tpsence import train_tpsence
+
+    def first_step(name, *extra):
+        train_tpsence(_tiny(f"out={tmp_path / name}", *TRAIN, "max_steps=1", *extra), *_data())
+        return json.loads((tmp_path / name / "train.log").read_text().splitlines()[0])
+
+    fresh, again, continued = first_step("a"), first_step("b"), first_step("c", "epoch_offset=1")
+    assert fresh["g"] == again["g"] and fresh["epoch"] == continued["epoch"] == 0
+    assert continued["g"] != fresh["g"]
+
+
 # ---------------------------------------------------------------------------------------------- layout, prefetch
 def test_channels_last_gives_the_same_losses_and_gradients_in_fp32():
     from rainkit.train.tpsence_objective import TPSeNCE

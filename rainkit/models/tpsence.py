@@ -12,10 +12,9 @@
   output the input plus that tanh, with the last convolution zeroed at initialisation (`init_generator`): the
   untrained generator is the identity, so training starts from the clear photo and learns only the weather's
   change, instead of first learning to reproduce the photo. The sum is clamped to [-1, 1] in eval mode (every
-  inference path) but not in training mode, where a clamp would have no gradient wherever input + change leaves
-  the range: there the change drifts unseen by every loss (a run clamped in training had a change of +0.69 on
-  average over pixels above 0.8, clipped away on bright skies and painted as colour blotches on the slightly
-  darker ones); unclamped, D and the NCE features see the overshoot and push it back.
+  inference path) but not in training mode: a clamp has no gradient wherever input + change leaves the range, so
+  no loss could see or correct the change there (a run clamped in training reached +0.84 on average over the
+  values above 0.8, where it is clipped away); unclamped, D and the NCE features see the overshoot.
 * `PatchDiscriminator`: the 70x70 PatchGAN (4x4 convolutions, LeakyReLU 0.2, instance norm,
   anti-aliased stride-2 steps as in CUT), one score per overlapping patch.
 * `PatchSampleMLP`: CUT's `PatchSampleF` (`--netF mlp_sample`): for every NCE layer, the features

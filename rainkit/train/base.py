@@ -226,11 +226,16 @@ class Trainer(abc.ABC):
 
     @abc.abstractmethod
     def epoch_batches(self, epoch: int, order, first: int, count: int, rank_slice: slice) -> Iterable:
-        """This rank's batches `first` .. `count` - 1 of `epoch`, whose sample order is `order`."""
+        """This rank's batches `first` .. `count` - 1 of the epoch drawn as `epoch` (`data_epoch`), in `order`."""
 
     @abc.abstractmethod
     def train_step(self, batch, epoch: int) -> dict[str, float]:
-        """One optimiser step; returns the step's loss terms (and diagnostics) as floats."""
+        """One optimiser step of a batch of the epoch drawn as `epoch` (`data_epoch`); returns the step's loss terms
+        (and diagnostics) as floats."""
+
+    def data_epoch(self, epoch: int) -> int:
+        """The epoch number that seeds `epoch`'s sample order and per-sample draws (crops, flips, patches)."""
+        return epoch
 
     def after_step(self, batch) -> None:
         """Rank 0, after every step (e.g. sample grids)."""
@@ -355,13 +360,14 @@ class Trainer(abc.ABC):
                     for optimizer in self.optimizers:
                         for group in optimizer.param_groups:
                             group["lr"] = lr
-                    order = epoch_order(c.seed, epoch, len(self.dataset))
+                    drawn = self.data_epoch(epoch)
+                    order = epoch_order(c.seed, drawn, len(self.dataset))
                     sums: dict[str, float] = {}
                     count = 0
                     epoch_started = time.perf_counter()
-                    for b, batch in enumerate(self.epoch_batches(epoch, order, start_batch, per_epoch, rank_slice),
+                    for b, batch in enumerate(self.epoch_batches(drawn, order, start_batch, per_epoch, rank_slice),
                                               start_batch):
-                        values = self.train_step(batch, epoch)
+                        values = self.train_step(batch, drawn)
                         self.global_step += 1
                         count += 1
                         for key, value in values.items():

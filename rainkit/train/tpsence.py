@@ -246,6 +246,10 @@ class TPSeNCETrainer(Trainer):
     def batches_per_epoch(self) -> int:
         return len(self.dataset) // self.config.batch
 
+    def data_epoch(self, epoch: int) -> int:
+        # a run continued with `init` draws new crops, flips and patches, not the first session's again
+        return epoch + self.config.epoch_offset
+
     def make_batch(self, indices, epoch: int):
         """(indices, x, y, mPA, patch ids of x, patch ids of y): the ids are None until the first step
         has shown the NCE layers' sizes (then they are drawn here, as the step would draw them)."""
