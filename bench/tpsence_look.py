@@ -95,13 +95,15 @@ def main() -> None:
         made = {"tpsence": generator.generate(rgb),
                 "physics": synthesize(rgb, "rain", preset=args.preset, seed=image_seed(args.seed, Path(name).with_suffix("").as_posix()))}
         row = {"photo": name, "size": [rgb.shape[1], rgb.shape[0]]}
+        clipped_before = np.isin(to_uint8(rgb), (0, 255))
         for method, image in made.items():
-            image = to_uint8(image).astype(np.float32) / 255.0  # as written to disk
+            written = to_uint8(image)
+            image = written.astype(np.float32) / 255.0  # as written to disk
             row[method] = {
                 "label_agreement": float((segmenter.segment(image) == labels).mean()),
                 "channel_shift": float(np.abs(image.reshape(-1, 3).mean(0) - rgb.reshape(-1, 3).mean(0)).mean() * 255),
                 "contrast_change": float((luma(image).std() - luma(rgb).std()) * 255),
-                "clipped_added": float((np.isin(to_uint8(image), (0, 255)) & ~np.isin(to_uint8(rgb), (0, 255))).mean()),
+                "clipped_added": float((np.isin(written, (0, 255)) & ~clipped_before).mean()),
             }
             if name in sheet_names:
                 kept.setdefault(name, {"clear": rgb, "labels": labels})[method] = image
