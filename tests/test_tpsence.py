@@ -455,6 +455,59 @@ def test_residual_generator_starts_as_the_identity_learns_a_change_and_tiles_exa
     assert not create_model("tpsence", "tiny").residual
 
 
+def test_tone_change_keeps_grey_grey_is_the_rain_imaging_model_and_tiles_exactly(tmp_path):
+    """`change="tone"`: the last layer's three channels are grey saturation, gain and offset maps. Identity at
+    initialisation; for any maps a grey pixel stays grey (no hue can appear); with saturation 0 it is
+    x (1 + g) + o / 2 in [0, 1], the transmission x scene + airlight form; the gradient reaches the zeroed layer in the
+    first training step; the single pass equals the whole image; the option travels with the file; and it must
+    be residual."""
+    from rainkit.hub import load_model
+    from rainkit.hub.checkpoint import save_checkpoint
+    from rainkit.models.tpsence import init_generator
+    from rainkit.synth.tpsence import WeatherGenerator
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 36, 44) * 2 - 1
+    identity = init_generator(ResnetGenerator(ngf=8, n_blocks=2, residual=True, change="tone"))(x)
+    assert torch.allclose(identity, x, atol=1e-6)  # to rounding: the maps act in [0, 1]
+    with pytest.raises(ValueError, match="residual"):
+        ResnetGenerator(change="tone")
+    with pytest.raises(ValueError, match="change must be"):
+        ResnetGenerator(residual=True, change="hue")
+
+    random = init_weights(ResnetGenerator(ngf=8, n_blocks=2, residual=True, change="tone"), 1.0).eval()
+    grey = (torch.rand(1, 1, 24, 28) * 1.6 - 0.8).expand(1, 3, 24, 28).contiguous()
+    with torch.no_grad():
+        out = random(grey)
+        maps = random.model(grey)
+    assert maps.abs().amax() > 0.3  # the maps do act
+    assert torch.allclose(out[:, 0], out[:, 1], atol=1e-6) and torch.allclose(out[:, 1], out[:, 2], atol=1e-6)
+    light = (x + 1) / 2
+    maps = torch.stack([torch.zeros_like(x[:, 0]), x[:, 0] * 0.5, x[:, 1] * 0.3], 1)  # s = 0: gain and offset
+    expected = (light * (1 + maps[:, 1:2]) + 0.5 * maps[:, 2:3]) * 2 - 1
+    assert torch.allclose(random.apply_change(x, maps), expected, atol=1e-6)
+    desaturated = random.apply_change(x, torch.stack([-torch.ones_like(x[:, 0])] + [torch.zeros_like(x[:, 0])] * 2, 1))
+    luma = ((light * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)) * 2 - 1
+    assert torch.allclose(desaturated, luma.expand_as(x), atol=1e-6)  # s = -1: the luma, grey
+
+    model = TPSeNCE(_tiny("residual=true", "change=tone", "sence=false"))
+    xb, yb = _batch()
+    fake, idt = model.translate(xb, yb)
+    assert torch.allclose(fake, xb, atol=1e-6) and torch.allclose(idt, yb, atol=1e-6)
+    model.generator_loss(xb, yb, fake, idt, None, _rngs(2, 1), _rngs(2, 2))["g"].backward()
+    assert model.generator.model[-2].weight.grad.abs().sum() > 0
+    with pytest.raises(Exception, match="change must be"):
+        _tiny("change=tone")
+
+    image = rainy_like(75, 98, seed=4)
+    whole = WeatherGenerator(random, torch.device("cpu"), tile=0).generate(image)
+    tiled = WeatherGenerator(random, torch.device("cpu"), tile=32).generate(image)
+    assert np.abs(tiled - whole).max() < TOL.SINGLE_PASS_FP32
+    path = save_checkpoint(tmp_path / "g.safetensors", random, "tpsence", random.config)
+    loaded, _ = load_model("tpsence", str(path))
+    assert loaded.change == "tone" and torch.equal(loaded(x), random(x))
+
+
 def test_automatic_plan_is_the_single_pass_on_the_cpu_while_it_fits(monkeypatch):
     """The generator of ngf 8 on 1200 x 1600: whole 314 B/px = 603 MB; the single pass's float32 buffers 96 B/px =
     184 MB at their peak, and 23 MB per thread (2 here)."""

@@ -15,6 +15,12 @@
   inference path) but not in training mode: a clamp has no gradient wherever input + change leaves the range, so
   no loss could see or correct the change there (a run clamped in training reached +0.84 on average over the
   values above 0.8, where it is clipped away); unclamped, D and the NCE features see the overshoot.
+  `change="tone"` (with `residual=True`; also a deviation) reads the three tanh channels as per-pixel grey maps,
+  not as an RGB change: a saturation change `s`, a gain `g` on light and a grey offset `o`, with x in [0, 1] and
+  Y its luma (BT.601), out = (Y + (1 + s)(x - Y))(1 + g) + o/2 (then back to [-1, 1]). That is the form of the
+  heavy-rain imaging model, transmission x scene + airlight + streaks (Li et al., CVPR 2019), with a grey
+  airlight and a saturation term: darkening, veils, streaks, wet sheen and washed-out colour are all in reach,
+  and a hue shift or a colour blotch is not (a narrow RGB-change generator trained on 2 CPU cores made both).
 * `PatchDiscriminator`: the 70x70 PatchGAN (4x4 convolutions, LeakyReLU 0.2, instance norm,
   anti-aliased stride-2 steps as in CUT), one score per overlapping patch.
 * `PatchSampleMLP`: CUT's `PatchSampleF` (`--netF mlp_sample`): for every NCE layer, the features
@@ -43,6 +49,11 @@ from torch import nn
 
 from rainkit.registry import register_arch
 from rainkit.tiling import Sweep, SweepProgram
+
+
+CHANGES = ("rgb", "tone")
+"""What a residual generator's last layer gives: an RGB change added to the input, or tone maps."""
+_LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
 
 
 def binomial_filter(size: int) -> torch.Tensor:
@@ -97,15 +108,20 @@ class ResnetGenerator(nn.Module):
     """CUT's ResNet generator (`resnet_9blocks`, instance norm, anti-aliased), inputs/outputs in [-1, 1]."""
 
     def __init__(self, input_nc: int = 3, output_nc: int = 3, ngf: int = 64, n_blocks: int = 9,
-                 antialias: bool = True, antialias_up: bool = True, residual: bool = False):
+                 antialias: bool = True, antialias_up: bool = True, residual: bool = False, change: str = "rgb"):
         super().__init__()
         if ngf < 1 or n_blocks < 0:
             raise ValueError("ngf must be positive and n_blocks non-negative")
         if residual and input_nc != output_nc:
             raise ValueError("a residual generator needs as many output channels as input channels")
+        if change not in CHANGES:
+            raise ValueError(f"change must be one of {', '.join(CHANGES)}, got {change!r}")
+        if change == "tone" and not (residual and input_nc == output_nc == 3):
+            raise ValueError("change='tone' needs a residual generator with 3 input and output channels")
         self.residual = bool(residual)
+        self.change = change
         self.config = dict(input_nc=input_nc, output_nc=output_nc, ngf=ngf, n_blocks=n_blocks,
-                           antialias=antialias, antialias_up=antialias_up, residual=self.residual)
+                           antialias=antialias, antialias_up=antialias_up, residual=self.residual, change=change)
         layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(input_nc, ngf, 7), nn.InstanceNorm2d(ngf),
                                    nn.ReLU(True)]
         for i in range(2):
@@ -131,8 +147,19 @@ class ResnetGenerator(nn.Module):
         out = self.model(x)
         if not self.residual:
             return out
-        out = x + out
+        out = self.apply_change(x, out)
         return out if self.training else out.clamp(-1.0, 1.0)  # why only in eval mode: the module docstring
+
+    def apply_change(self, x: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
+        """A residual generator's output before the eval-mode clamp: the input with the last layer's tanh
+        `change` applied, as an RGB change or as tone maps (`change`; the module docstring)."""
+        if self.change == "rgb":
+            return x + change
+        light = (x + 1.0) * 0.5
+        luma = (light * _LUMA.to(light)).sum(1, keepdim=True)
+        saturation, gain, offset = change[:, 0:1], change[:, 1:2], change[:, 2:3]
+        toned = (luma + (1.0 + saturation) * (light - luma)) * (1.0 + gain) + 0.5 * offset
+        return toned * 2.0 - 1.0
 
     def encode(self, x: torch.Tensor, layers: Sequence[int]) -> list[torch.Tensor]:
         """The outputs of `self.model[i]` for i in `layers` (CUT's `encode_only`); stops at the last one."""
@@ -248,7 +275,7 @@ class ResnetGenerator(nn.Module):
                     else:
                         x = op(x)
                 if add_image:
-                    x = (t["image"] + x).clamp(-1.0, 1.0)
+                    x = self.apply_change(t["image"], x).clamp(-1.0, 1.0)
                 return {target: x, **{name: local[name] for name in kept}}
 
             sweep = Sweep(tuple(reads), writes, run, halo=halo, moments=() if last else (target,), strides=strides,
@@ -361,5 +388,5 @@ def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:
     variants={"tiny": {"ngf": 8, "n_blocks": 2}},
 )
 def tpsence(input_nc: int = 3, output_nc: int = 3, ngf: int = 64, n_blocks: int = 9, antialias: bool = True,
-            antialias_up: bool = True, residual: bool = False) -> ResnetGenerator:
-    return ResnetGenerator(input_nc, output_nc, ngf, n_blocks, antialias, antialias_up, residual)
+            antialias_up: bool = True, residual: bool = False, change: str = "rgb") -> ResnetGenerator:
+    return ResnetGenerator(input_nc, output_nc, ngf, n_blocks, antialias, antialias_up, residual, change)

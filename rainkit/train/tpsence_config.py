@@ -33,6 +33,9 @@ class TPSeNCEConfig:
     # Generator output = input + the learned change, identity at initialisation (rainkit.models.tpsence): a
     # deviation from CUT/TPSeNCE, off by default, for runs too short to learn to reproduce the photo first.
     residual: bool = False
+    # With residual: "rgb" (the change is added to the input) or "tone" (grey saturation, gain and offset maps:
+    # no hue shifts; rainkit.models.tpsence). Also a deviation from CUT/TPSeNCE.
+    change: str = "rgb"
     init_gain: float = 0.02  # Xavier-normal gain
     netf_nc: int = 256  # MLP head output channels
 
@@ -90,7 +93,8 @@ class TPSeNCEConfig:
 
     def generator_kwargs(self) -> dict[str, Any]:
         return {"ngf": self.ngf, "n_blocks": self.n_blocks, "antialias": self.antialias,
-                "antialias_up": self.antialias_up, "residual": self.residual}
+                "antialias_up": self.antialias_up, "residual": self.residual,
+                "change": self.change}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -107,6 +111,8 @@ class TPSeNCEConfig:
         if self.epoch_offset < 0 or self.epochs < 1:
             raise RainkitError(f"epoch_offset {self.epoch_offset} leaves no epoch of the schedule's "
                                f"{self.n_epochs + self.n_epochs_decay} to train")
+        if self.change not in ("rgb", "tone") or (self.change == "tone" and not self.residual):
+            raise RainkitError(f"change must be rgb or tone (tone with residual=true), got {self.change}")
         if self.prefetch not in ("auto", "on", "off"):
             raise RainkitError(f"prefetch must be auto, on or off, got {self.prefetch}")
         if self.nce_t <= 0 or self.ot_eps <= 0:
