@@ -5,7 +5,8 @@ generator's rain (`--weights`, `--work-width` as `rainkit generate` takes them) 
 (`--preset`, seeded from the photo's name as `rainkit generate --method physics` seeds it) are segmented with ESPNet
 (Cityscapes), and each is scored by its pixel accuracy against the clear photo's own labels: how much of the scene
 the weather left recognisable. Also per method: the mean absolute change of the per-channel means (a colour cast
-shows there, in grey levels), of the global contrast (standard deviation of the luma, grey levels), and the share
+shows there, in grey levels, and so does an even darkening or brightening), of the colour cast alone (the per-channel
+means less their average: a grey change leaves it at 0), of the global contrast (standard deviation of the luma, grey levels), and the share
 of channel values the weather drove to 0 or 255 that were not there in the clear photo (blown highlights and
 crushed shadows: where a residual generator's change leaves the image range).
 
@@ -49,6 +50,12 @@ def held_out(folder: Path) -> list[Path]:
 
 def luma(rgb):
     return 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
+
+
+def cast(rgb):
+    """The image's per-channel means less their average: its colour balance, blind to grey changes."""
+    means = rgb.reshape(-1, 3).mean(0)
+    return means - means.mean()
 
 
 def main() -> None:
@@ -102,6 +109,7 @@ def main() -> None:
             row[method] = {
                 "label_agreement": float((segmenter.segment(image) == labels).mean()),
                 "channel_shift": float(np.abs(image.reshape(-1, 3).mean(0) - rgb.reshape(-1, 3).mean(0)).mean() * 255),
+                "colour_cast": float(np.abs(cast(image) - cast(rgb)).mean() * 255),
                 "contrast_change": float((luma(image).std() - luma(rgb).std()) * 255),
                 "clipped_added": float((np.isin(written, (0, 255)) & ~clipped_before).mean()),
             }
@@ -111,12 +119,12 @@ def main() -> None:
         print(f"{name}: label agreement tpsence {row['tpsence']['label_agreement']:.3f}, "
               f"physics {row['physics']['label_agreement']:.3f}", flush=True)
     summary = {method: {key: float(np.mean([r[method][key] for r in rows]))
-                        for key in ("label_agreement", "channel_shift", "contrast_change", "clipped_added")}
+                        for key in ("label_agreement", "channel_shift", "colour_cast", "contrast_change", "clipped_added")}
                for method in ("tpsence", "physics")}
     print(f"\n{len(rows)} held-out clear photos, {time.perf_counter() - started:.0f} s")
     for method, values in summary.items():
         print(f"{method:8s} label agreement {values['label_agreement']:.4f}, channel-mean shift "
-              f"{values['channel_shift']:.2f} grey levels, luma contrast change {values['contrast_change']:+.2f}, "
+              f"{values['channel_shift']:.2f} grey levels (colour cast {values['colour_cast']:.2f}), luma contrast change {values['contrast_change']:+.2f}, "
               f"values newly clipped {values['clipped_added']:.4f}")
     result = {"weights": args.weights, "work_width": args.work_width, "preset": args.preset,
               "generator": generator.describe(), "summary": summary, "photos": rows}
