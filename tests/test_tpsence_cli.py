@@ -245,6 +245,38 @@ def test_work_width_adds_weather_made_at_that_width_to_the_full_resolution_photo
     assert cv2.imread(str(tmp_path / "w" / "a.png")).shape == (60, 80, 3)
 
 
+def test_a_tone_generator_at_a_work_width_tones_the_full_resolution_photo_with_its_resized_maps(tmp_path):
+    """Tone maps are made at the work width, resized, and applied to the photo's own pixels: a grey photo
+    stays grey and every pixel follows the imaging model with the resized maps (a 40 x 32 working image: no
+    padding to a multiple of 4 to mirror here)."""
+    import torch.nn.functional as F
+
+    from rainkit.hub import create_model
+    from rainkit.hub.checkpoint import save_checkpoint
+    from rainkit.models.tpsence import init_weights
+    from rainkit.synth.tpsence import load_generator
+
+    torch.manual_seed(0)
+    kwargs = {"ngf": 4, "n_blocks": 1, "residual": True, "change": "tone"}
+    model = init_weights(create_model("tpsence", **kwargs), 0.5)
+    weights = save_checkpoint(tmp_path / "tone.safetensors", model, "tpsence", kwargs)
+    rgb = cv2.cvtColor(cv2.imread(str(_photo(tmp_path, h=64, w=80))), cv2.COLOR_BGR2RGB).astype(np.float32) / 255
+    out = load_generator(weights, work_width=40).generate(rgb)
+    assert out.shape == rgb.shape and out.dtype == np.float32
+    small = cv2.resize(rgb, (40, 32), interpolation=cv2.INTER_AREA)
+    model.eval()
+    with torch.no_grad():
+        maps = model.model(torch.from_numpy(small.transpose(2, 0, 1))[None] * 2 - 1)
+        maps = F.interpolate(maps, size=(64, 80), mode="bilinear", align_corners=False)
+        expected = model.apply_change(torch.from_numpy(rgb.transpose(2, 0, 1))[None] * 2 - 1, maps)
+    expected = ((expected[0] + 1) / 2).clamp(0, 1).numpy().transpose(1, 2, 0)
+    assert np.allclose(out, expected, atol=TOL.FP32)
+    grey = np.repeat(rgb.mean(2, keepdims=True), 3, axis=2)
+    toned = load_generator(weights, work_width=40).generate(grey)
+    assert np.allclose(toned[..., 0], toned[..., 1], atol=TOL.FP32) and np.allclose(toned[..., 1], toned[..., 2],
+                                                                                    atol=TOL.FP32)
+
+
 def test_registered_domain_weights_are_used_by_tpsence_and_auto(tiny_generator_file, tmp_path, monkeypatch, capsys):
     """Registering `tpsence.<domain>` is all it takes: no other code knows the names."""
     from rainkit import registry

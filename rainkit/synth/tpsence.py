@@ -27,7 +27,10 @@ Working width (`work_width`, opt-in): a generator trained on photos scaled to ~2
 weather at that scale; on a 4000 px photo its streaks and its view of the scene are 16x too small.
 With `work_width` W the generator runs on the image scaled to W px wide and its *change* (output
 minus scaled input) is resized back and added to the untouched full-resolution photo, so the output
-keeps the input's resolution and detail and gets weather at the scale the generator learnt.
+keeps the input's resolution and detail and gets weather at the scale the generator learnt. A tone
+generator (`change="tone"`, rainkit.models.tpsence) does better still: its saturation, gain and offset maps are
+smooth fields, so they are made at W, resized and applied to the full-resolution photo itself, whose every pixel
+is then toned exactly as the imaging model says, with no resized image detail added back.
 """
 
 from __future__ import annotations
@@ -161,9 +164,25 @@ class WeatherGenerator(TiledEngine):
 
         small_size = (self.work_width, max(1, round(height * self.work_width / width)))
         small = cv2.resize(rgb.astype(np.float32), small_size, interpolation=cv2.INTER_AREA)
+        if self.model.residual and self.model.change == "tone":
+            return self._tone_at_full_resolution(rgb, small)
         change = self._generate_native(small, on_tile) - small
         change = cv2.resize(change, (width, height), interpolation=cv2.INTER_LINEAR)
         return np.clip(rgb + change, 0.0, 1.0)
+
+    def _tone_at_full_resolution(self, rgb: np.ndarray, small: np.ndarray) -> np.ndarray:
+        """A tone generator at a working width: its maps, made on `small`, resized to `rgb`'s size and applied
+        to `rgb` itself (module doc). The small image runs whole (a working width is a few hundred pixels)."""
+        height, width = rgb.shape[:2]
+        x = torch.from_numpy(np.ascontiguousarray(small.transpose(2, 0, 1), dtype=np.float32))[None] * 2.0 - 1.0
+        with torch.inference_mode(), self.autocast():
+            maps = self.model.model(pad_to_multiple(x).to(self.device)).float().cpu()
+        maps = F.interpolate(maps[:, :, :small.shape[0], :small.shape[1]], size=(height, width), mode="bilinear",
+                             align_corners=False)
+        full = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32))[None] * 2.0 - 1.0
+        with torch.inference_mode():
+            out = self.model.apply_change(full, maps)
+        return ((out[0] + 1.0) * 0.5).clamp_(0.0, 1.0).numpy().transpose(1, 2, 0)
 
     def _generate_native(self, rgb: np.ndarray, on_tile: Callable[[int, int], None] | None) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32))[None]
