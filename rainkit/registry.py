@@ -36,6 +36,9 @@ class WeightsEntry:
     # `heavy_threshold`.
     heavy_weights: str | None = None
     heavy_threshold: float = 0.0
+    # Generators trained on small photos: the width `rainkit generate` makes their weather at unless told otherwise
+    # (`rainkit.synth.tpsence`, working width); 0 runs them on the image as is.
+    work_width: int = 0
 
     @property
     def arch(self) -> str:

@@ -33,9 +33,10 @@ def generate_command(
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help="tpsence: cap the process's memory, e.g. 3G "
                                              "or 512M: large images run in tiles to stay under it. Default: the "
                                              "plan follows free memory."),
-    work_width: int = typer.Option(0, "--work-width", min=0, help="tpsence: make the weather with the image scaled to "
-                                   "this width and add it back at full resolution (e.g. the width the generator was "
-                                   "trained at); 0 = run on the image as is."),
+    work_width: Optional[int] = typer.Option(None, "--work-width", min=0, help="tpsence: make the weather with the "
+                                             "image scaled to this width and apply it at full resolution (the width "
+                                             "the generator was trained at); 0 = run on the image as is. Default: "
+                                             "the registered weights' own width (tpsence.rain: 171), else 0."),
     fall_speed: float = typer.Option(24.0, "--fall-speed", min=0.0, help="Videos, physics rain and snow: how "
                                      "far the nearest rain falls a frame, in pixels at a 480 px short side (snow "
                                      "falls at an eighth of it); 0 = still weather."),

@@ -44,7 +44,9 @@ class GenerateSettings:
     precision: str = "fp32"  # tpsence
     tile: int | None = None  # tpsence: None = automatic, 0 = whole image, N = the single pass in N px tiles
     max_memory: int | str | None = None  # tpsence: cap the process's memory ("3G"); large images run in tiles under it
-    work_width: int = 0  # tpsence: 0 = native resolution; W = make the weather at W px wide (rainkit.synth.tpsence)
+    # tpsence: None = the registered weights' own width (WeightsEntry.work_width; 0 for a file), 0 = native
+    # resolution, W = make the weather at W px wide (rainkit.synth.tpsence)
+    work_width: int | None = None
     fall_speed: float = DEFAULT_RAIN_FALL  # physics video: pixels a frame of the nearest rain at the 480 px reference
 
     def validate(self) -> None:
@@ -58,6 +60,8 @@ class GenerateSettings:
             raise ParameterError("intensity", f"must be within 0..1, got {self.intensity}")
         if self.tile is not None and self.tile < 0:
             raise ParameterError("tile", f"must be 0 (whole image) or a positive size, got {self.tile}")
+        if self.work_width is not None and self.work_width < 0:
+            raise ParameterError("work_width", f"must be 0 (native resolution) or a positive width, got {self.work_width}")
         if self.fall_speed < 0:
             raise ParameterError("fall_speed", f"must be 0 (still weather) or more, got {self.fall_speed}")
 

@@ -23,7 +23,7 @@ Plans (`WeatherGenerator.choose_plan`):
   forward with the same heap tuning), at least 99.998% of the 8-bit pixels identical to its; peak
   RSS 5.8 GiB at 4 MP against 7.4.
 
-Working width (`work_width`, opt-in): a generator trained on photos scaled to ~256 px wide paints
+Working width (`work_width`; a registered entry may name its own): a generator trained on photos scaled to ~256 px wide paints
 weather at that scale; on a 4000 px photo its streaks and its view of the scene are 16x too small.
 With `work_width` W the generator runs on the image scaled to W px wide and its *change* (output
 minus scaled input) is resized back and added to the untouched full-resolution photo, so the output
@@ -75,14 +75,18 @@ class WeatherGenerator(TiledEngine):
     Plans (`choose_plan`, `last_plan`, `last_tile`): "whole" or "single-pass" (module doc). `tile`: None chooses
     (on the CPU the single pass for images larger than a tile, elsewhere the whole image while it fits the memory
     budget), 0 forces the whole image, a positive value forces the single pass in tiles of that side. `memory_budget` / `max_memory`: as `rainkit.engine.TiledEngine`.
-    `work_width`: 0 runs at native resolution; W runs at W px wide and adds the change back (module doc).
+    `work_width`: 0 runs at native resolution; W runs at W px wide and adds the change back (module doc); None
+    takes the registered weights entry's `work_width` (0 for a file no entry names).
     """
 
     arch = "tpsence"
 
-    def __init__(self, model: ResnetGenerator, device: torch.device | str, *, work_width: int = 0,
+    def __init__(self, model: ResnetGenerator, device: torch.device | str, *, work_width: int | None = None,
                  **engine: Any) -> None:
         super().__init__(model, device, **engine)
+        if work_width is None:
+            resolved = engine.get("weights")
+            work_width = resolved.entry.work_width if resolved is not None and resolved.entry is not None else 0
         if work_width < 0:
             raise RainkitError(f"work width must be 0 (native resolution) or a positive width, got {work_width}")
         self.work_width = int(work_width)
@@ -195,10 +199,11 @@ class WeatherGenerator(TiledEngine):
 
 def load_generator(weights: str | Path, device: str | torch.device = "cpu", precision: str = "fp32", *,
                    tile: int | None = None, max_memory: int | str | None = None,
-                   work_width: int = 0) -> WeatherGenerator:
+                   work_width: int | None = None) -> WeatherGenerator:
     """A `WeatherGenerator` from a registered `tpsence.*` name or a weights file (e.g. a run's
     `generator.safetensors`; fp16-stored weights are loaded into fp32 parameters). `max_memory` ("3G") caps the
-    process's memory: a large image then runs in the single pass while its buffers fit under it."""
+    process's memory: a large image then runs in the single pass while its buffers fit under it. `work_width`:
+    None = the registered entry's width (0 for a file no entry names), 0 = native resolution, W = W px wide."""
     return WeatherGenerator.load("tpsence", weights, device=device, precision=precision, tile=tile,
                                  max_memory=max_memory, work_width=work_width)
 
