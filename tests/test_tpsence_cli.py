@@ -245,6 +245,33 @@ def test_work_width_adds_weather_made_at_that_width_to_the_full_resolution_photo
     assert cv2.imread(str(tmp_path / "w" / "a.png")).shape == (60, 80, 3)
 
 
+def test_registered_weights_bring_their_own_work_width_and_an_explicit_one_wins(tiny_generator_file, tmp_path,
+                                                                                   monkeypatch):
+    from rainkit import registry
+    from rainkit.hub.weights import sha256_file
+    from rainkit.registry import WeightsEntry, list_weights
+
+    src = _photo(tmp_path, h=64, w=80)
+    # a file no entry names runs at native resolution unless told otherwise
+    assert main(["generate", str(src), str(tmp_path / "file"), "--weights", str(tiny_generator_file),
+                 "--device", "cpu"]) == 0
+    assert json.loads((tmp_path / "file" / "rainkit-generate.json").read_text())["work_width"] == 0
+
+    list_weights()  # the built-in entries first
+    entry = WeightsEntry(name="tpsence.snow", filename="tpsence-snow.safetensors", sha256=sha256_file(tiny_generator_file),
+                         url=None, license="test", provenance="tiny test generator", work_width=40)
+    monkeypatch.setitem(registry._WEIGHTS, entry.name, entry)
+    folder = tmp_path / "mirror"
+    folder.mkdir()
+    (folder / entry.filename).write_bytes(tiny_generator_file.read_bytes())
+    monkeypatch.setenv("RAINKIT_WEIGHTS_PATH", str(folder))
+    common = ["--method", "tpsence", "--domain", "snow", "--device", "cpu"]
+    for extra, expected in (([], 40), (["--work-width", "0"], 0), (["--work-width", "24"], 24)):
+        out = tmp_path / f"w{expected}"
+        assert main(["generate", str(src), str(out), *common, *extra]) == 0
+        assert json.loads((out / "rainkit-generate.json").read_text())["work_width"] == expected
+
+
 def test_a_tone_generator_at_a_work_width_tones_the_full_resolution_photo_with_its_resized_maps(tmp_path):
     """Tone maps are made at the work width, resized, and applied to the photo's own pixels: a grey photo
     stays grey and every pixel follows the imaging model with the resized maps (a 40 x 32 working image: no

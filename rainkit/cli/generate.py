@@ -36,7 +36,7 @@ def generate_command(
     work_width: Optional[int] = typer.Option(None, "--work-width", min=0, help="tpsence: make the weather with the "
                                              "image scaled to this width and apply it at full resolution (the width "
                                              "the generator was trained at); 0 = run on the image as is. Default: "
-                                             "the registered weights' own width (tpsence.rain: 171), else 0."),
+                                             "the width the registered weights name, else 0."),
     fall_speed: float = typer.Option(24.0, "--fall-speed", min=0.0, help="Videos, physics rain and snow: how "
                                      "far the nearest rain falls a frame, in pixels at a 480 px short side (snow "
                                      "falls at an eighth of it); 0 = still weather."),

@@ -60,8 +60,6 @@ class GenerateSettings:
             raise ParameterError("intensity", f"must be within 0..1, got {self.intensity}")
         if self.tile is not None and self.tile < 0:
             raise ParameterError("tile", f"must be 0 (whole image) or a positive size, got {self.tile}")
-        if self.work_width is not None and self.work_width < 0:
-            raise ParameterError("work_width", f"must be 0 (native resolution) or a positive width, got {self.work_width}")
         if self.fall_speed < 0:
             raise ParameterError("fall_speed", f"must be 0 (still weather) or more, got {self.fall_speed}")
 

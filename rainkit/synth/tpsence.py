@@ -23,8 +23,8 @@ Plans (`WeatherGenerator.choose_plan`):
   forward with the same heap tuning), at least 99.998% of the 8-bit pixels identical to its; peak
   RSS 5.8 GiB at 4 MP against 7.4.
 
-Working width (`work_width`; a registered entry may name its own): a generator trained on photos scaled to ~256 px wide paints
-weather at that scale; on a 4000 px photo its streaks and its view of the scene are 16x too small.
+Working width (`work_width`; a registered weights entry may name its own): a generator trained on
+photos scaled to ~256 px wide paints weather at that scale; on a 4000 px photo its streaks and its view of the scene are 16x too small.
 With `work_width` W the generator runs on the image scaled to W px wide and its *change* (output
 minus scaled input) is resized back and added to the untouched full-resolution photo, so the output
 keeps the input's resolution and detail and gets weather at the scale the generator learnt. A tone
